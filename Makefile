@@ -1,0 +1,25 @@
+# Two commands for a fresh machine: `make run` (the service) and `make test` (the checks).
+# Both install the speech model first if it is missing.
+
+MODEL_DIR ?= $(or $(EARSHOT_MODEL_DIR),$(HOME)/.cache/earshot/models/whisper-tiny.en)
+export EARSHOT_MODEL_DIR := $(MODEL_DIR)
+CARGO ?= cargo
+
+.PHONY: run test model lint bench
+
+model:
+	@test -f "$(MODEL_DIR)/model.safetensors" || \
+		$(CARGO) run --release -p earshot-cli -- model fetch --model-dir "$(MODEL_DIR)"
+
+run: model
+	$(CARGO) run --release -p earshot-cli -- engine
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+test: model lint
+	$(CARGO) test --release --workspace
+
+bench: model
+	$(CARGO) run --release -p earshot-cli --example engine_bench -- --streams 1,2,4,8

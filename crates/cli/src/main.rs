@@ -1,0 +1,201 @@
+//! The `earshot` command: run the engine, transcribe a file, install the model.
+
+mod fetch;
+mod transcribe;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use earshot_engine::EngineConfig;
+use earshot_model::WhisperRecognizer;
+
+#[derive(Parser)]
+#[command(name = "earshot", version, about = "Self-hosted real-time speech-to-text")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SpeechToText gRPC engine.
+    Engine(EngineArgs),
+    /// Stream a WAV file through the engine and print partial and final results.
+    Transcribe(transcribe::TranscribeArgs),
+    /// Manage the speech model.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Install the default model (Whisper tiny.en) into the model directory.
+    Fetch {
+        /// Where to put it (default: $EARSHOT_MODEL_DIR or ~/.cache/earshot/models/whisper-tiny.en).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Fetch and convert again even if the directory already holds a model.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert a CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json).
+    ImportCt2 {
+        ct2_dir: PathBuf,
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Print the model directory in use.
+    Path,
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A Hugging Face Whisper checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "EARSHOT_MODEL_DIR")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(earshot_model::default_model_dir)
+    }
+
+    pub fn load(&self) -> anyhow::Result<WhisperRecognizer> {
+        let dir = self.dir();
+        let device = earshot_model::best_device();
+        WhisperRecognizer::load(&dir, &device)
+            .with_context(|| format!("cannot load the model from {}", dir.display()))
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct RecognitionArgs {
+    /// New audio between partial results, in ms (100-1000).
+    #[arg(long, default_value_t = 300)]
+    pub chunk_ms: u64,
+    /// Trailing silence that ends an utterance, in ms (100-5000).
+    #[arg(long, default_value_t = 500)]
+    pub endpoint_ms: u64,
+    /// Longest utterance before it is cut at its quietest point, in ms.
+    #[arg(long, default_value_t = 15_000)]
+    pub max_utterance_ms: u64,
+    /// Most windows decoded in one model call.
+    #[arg(long, default_value_t = 4)]
+    pub max_batch: usize,
+    /// Longest a ready window waits for a fuller batch, in ms.
+    #[arg(long, default_value_t = 50)]
+    pub max_wait_ms: u64,
+    /// Concurrent streams; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// On SIGTERM, how long streams get to receive their last finals, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_deadline_secs: u64,
+}
+
+impl RecognitionArgs {
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let config = EngineConfig {
+            chunk: Duration::from_millis(self.chunk_ms),
+            endpoint_silence: Duration::from_millis(self.endpoint_ms),
+            max_utterance: Duration::from_millis(self.max_utterance_ms),
+            max_batch: self.max_batch,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_sessions: self.max_sessions,
+            shutdown_deadline: Duration::from_secs(self.shutdown_deadline_secs),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    recognition: RecognitionArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Engine(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Engine(args) => runtime()?.block_on(run_engine(args)),
+        Command::Transcribe(args) => runtime()?.block_on(transcribe::run(args)),
+        Command::Model(ModelCommand::Fetch { model_dir, force }) => {
+            let dir = model_dir.unwrap_or_else(earshot_model::default_model_dir);
+            fetch::fetch_default_model(&dir, force)
+        }
+        Command::Model(ModelCommand::ImportCt2 { ct2_dir, model_dir }) => {
+            let dir = model_dir.unwrap_or_else(earshot_model::default_model_dir);
+            fetch::import_ct2(&ct2_dir, &dir)
+        }
+        Command::Model(ModelCommand::Path) => {
+            println!("{}", earshot_model::default_model_dir().display());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
+    let config = args.recognition.engine_config()?;
+    let recognizer = args.model.load()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local_addr = listener.local_addr()?;
+    // Scripts and tests read this line to find a port chosen with :0.
+    println!("earshot engine listening on {local_addr}");
+    earshot_engine::run_engine(config, Box::new(recognizer), listener, shutdown_signal()).await?;
+    tracing::info!("engine stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

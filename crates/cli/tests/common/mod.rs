@@ -1,0 +1,137 @@
+//! Test harness: runs the real `earshot` binary with the real model on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use earshot_loadgen::corpus::{self, Recording};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+pub fn earshot_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_earshot"))
+}
+
+/// The installed model; the test command installs it first (`earshot model fetch`).
+pub fn model_dir() -> PathBuf {
+    let dir = earshot_model::default_model_dir();
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "no model in {}: run `earshot model fetch` (the README's test command does this)",
+        dir.display()
+    );
+    dir
+}
+
+/// An `earshot engine` child process, killed on drop.
+pub struct EngineProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl EngineProcess {
+    pub async fn start(extra_args: &[&str]) -> Self {
+        let mut child = Command::new(earshot_bin())
+            .args(["engine", "--listen", "127.0.0.1:0", "--model"])
+            .arg(model_dir())
+            .args(extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn earshot engine");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the engine's address line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            line.contains("listening on"),
+            "unexpected first line from the engine: {line:?}"
+        );
+        let engine = Self {
+            child,
+            url: format!("http://{addr}"),
+        };
+        engine.wait_until_serving().await;
+        engine
+    }
+
+    pub async fn channel(&self) -> Channel {
+        earshot_engine::client::connect(&self.url)
+            .await
+            .expect("connect to the engine")
+    }
+
+    async fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(channel) = earshot_engine::client::connect(&self.url).await {
+                let mut health = HealthClient::new(channel);
+                let request = HealthCheckRequest {
+                    service: earshot_engine::SERVICE_NAME.into(),
+                };
+                if let Ok(response) = health.check(request).await
+                    && response.into_inner().status == ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "engine never reported SERVING");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit status and how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the engine") {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < limit, "engine did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn fixtures() -> Vec<Recording> {
+    corpus::load(&corpus::fixtures_dir()).expect("bundled fixtures")
+}
+
+pub fn fixture(name: &str) -> Recording {
+    fixtures()
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+}
+
+pub fn read_samples(recording: &Recording) -> (Vec<f32>, u32) {
+    let audio = earshot_audio::wav::read_wav(&recording.path).expect("read wav");
+    (audio.samples, audio.sample_rate)
+}

@@ -1,0 +1,385 @@
+//! Dynamic batching: windows that are ready from all streams are gathered into one model call,
+//! up to `max_batch` of them or whatever is ready once the oldest has waited `max_wait`.
+//!
+//! The recognizer lives on one dedicated OS thread, off the async reactor. Each stream has at
+//! most one window in flight (the session enforces it), so the queue is bounded by the number of
+//! admitted sessions. Finals go before partials; a window whose stream has gone is skipped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use earshot_model::{RecognitionRequest, Recognizer, Transcript};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Closes an utterance: the user is waiting for it, and it is never dropped.
+    Final,
+    /// Interim text: may wait behind finals.
+    Partial,
+}
+
+pub type JobResult = Result<Transcript, String>;
+
+struct Job {
+    request: RecognitionRequest,
+    priority: Priority,
+    reply: oneshot::Sender<JobResult>,
+    enqueued: Instant,
+}
+
+/// Counters for benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct BatcherStats {
+    pub batches: AtomicU64,
+    pub windows: AtomicU64,
+    pub busy_micros: AtomicU64,
+    pub skipped_cancelled: AtomicU64,
+}
+
+impl BatcherStats {
+    pub fn mean_batch_size(&self) -> f64 {
+        let batches = self.batches.load(Ordering::Relaxed);
+        if batches == 0 {
+            return 0.0;
+        }
+        self.windows.load(Ordering::Relaxed) as f64 / batches as f64
+    }
+}
+
+/// Cheap to clone; submitting never blocks.
+#[derive(Clone)]
+pub struct BatcherHandle {
+    sender: mpsc::SyncSender<Job>,
+    stats: Arc<BatcherStats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the recognizer thread has stopped")]
+    Stopped,
+    #[error("the recognizer queue is full")]
+    QueueFull,
+}
+
+impl BatcherHandle {
+    pub fn submit(
+        &self,
+        request: RecognitionRequest,
+        priority: Priority,
+    ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            request,
+            priority,
+            reply,
+            enqueued: Instant::now(),
+        };
+        match self.sender.try_send(job) {
+            Ok(()) => Ok(receiver),
+            Err(mpsc::TrySendError::Full(_)) => Err(SubmitError::QueueFull),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<BatcherStats> {
+        &self.stats
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    /// Queue capacity; the engine sizes it to its session limit (one window per stream).
+    pub capacity: usize,
+}
+
+/// Starts the recognizer thread. It stops when every handle has been dropped.
+pub fn spawn_batcher(
+    recognizer: Box<dyn Recognizer>,
+    policy: BatchPolicy,
+) -> std::io::Result<(BatcherHandle, std::thread::JoinHandle<()>)> {
+    let (sender, receiver) = mpsc::sync_channel(policy.capacity.max(1));
+    let stats = Arc::new(BatcherStats::default());
+    let thread_stats = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("recognizer".into())
+        .spawn(move || run(recognizer, receiver, policy, &thread_stats))?;
+    Ok((BatcherHandle { sender, stats }, thread))
+}
+
+/// Ready windows, finals first, each class in arrival order.
+#[derive(Default)]
+struct ReadyQueue {
+    finals: VecDeque<Job>,
+    partials: VecDeque<Job>,
+}
+
+impl ReadyQueue {
+    fn push(&mut self, job: Job) {
+        match job.priority {
+            Priority::Final => self.finals.push_back(job),
+            Priority::Partial => self.partials.push_back(job),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.finals.len() + self.partials.len()
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        let finals = self.finals.front().map(|job| job.enqueued);
+        let partials = self.partials.front().map(|job| job.enqueued);
+        finals.into_iter().chain(partials).min()
+    }
+
+    /// Takes up to `max_batch` jobs, finals first; drops jobs whose stream stopped waiting.
+    fn take_batch(&mut self, max_batch: usize, stats: &BatcherStats) -> Vec<Job> {
+        let mut batch = Vec::with_capacity(max_batch);
+        while batch.len() < max_batch {
+            let Some(job) = self.finals.pop_front().or_else(|| self.partials.pop_front()) else {
+                break;
+            };
+            if job.reply.is_closed() {
+                stats.skipped_cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            batch.push(job);
+        }
+        batch
+    }
+}
+
+fn run(
+    mut recognizer: Box<dyn Recognizer>,
+    receiver: mpsc::Receiver<Job>,
+    policy: BatchPolicy,
+    stats: &BatcherStats,
+) {
+    let mut queue = ReadyQueue::default();
+    loop {
+        if queue.len() == 0 {
+            match receiver.recv() {
+                Ok(job) => queue.push(job),
+                Err(mpsc::RecvError) => return,
+            }
+        }
+        gather(&receiver, &mut queue, policy);
+        let batch = queue.take_batch(policy.max_batch, stats);
+        if batch.is_empty() {
+            continue;
+        }
+        let requests: Vec<RecognitionRequest> =
+            batch.iter().map(|job| job.request.clone()).collect();
+        let started = Instant::now();
+        let results = recognizer.recognize_batch(&requests);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .windows
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .busy_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            batch_size = batch.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "decoded batch"
+        );
+        match results {
+            Ok(transcripts) if transcripts.len() == batch.len() => {
+                for (job, transcript) in batch.into_iter().zip(transcripts) {
+                    // The stream may have gone meanwhile; nothing to do then.
+                    let _ = job.reply.send(Ok(transcript));
+                }
+            }
+            Ok(transcripts) => {
+                let message = format!(
+                    "recognizer returned {} results for {} windows",
+                    transcripts.len(),
+                    batch.len()
+                );
+                tracing::error!("{message}");
+                for job in batch {
+                    let _ = job.reply.send(Err(message.clone()));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "model call failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(err.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Adds to `queue` whatever arrives until it holds `max_batch` jobs or its oldest job has
+/// waited `max_wait` (which may already be the case after a long model call).
+fn gather(receiver: &mpsc::Receiver<Job>, queue: &mut ReadyQueue, policy: BatchPolicy) {
+    while let Ok(job) = receiver.try_recv() {
+        queue.push(job);
+    }
+    let Some(oldest) = queue.oldest() else {
+        return;
+    };
+    let deadline = oldest + policy.max_wait;
+    while queue.len() < policy.max_batch {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match receiver.recv_timeout(deadline - now) {
+            Ok(job) => queue.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use earshot_model::ModelError;
+
+    /// Records each batch (as the first sample of each window) and answers with that number.
+    struct RecordingRecognizer {
+        batches: Arc<Mutex<Vec<Vec<f32>>>>,
+    }
+
+    impl Recognizer for RecordingRecognizer {
+        fn n_mels(&self) -> usize {
+            1
+        }
+        fn recognize_batch(
+            &mut self,
+            batch: &[RecognitionRequest],
+        ) -> Result<Vec<Transcript>, ModelError> {
+            let ids: Vec<f32> = batch.iter().map(|r| r.raw_log_mel[0]).collect();
+            self.batches.lock().unwrap().push(ids.clone());
+            Ok(ids
+                .iter()
+                .map(|id| Transcript {
+                    text: format!("window {id}"),
+                    ..Default::default()
+                })
+                .collect())
+        }
+    }
+
+    fn request(id: f32) -> RecognitionRequest {
+        RecognitionRequest {
+            raw_log_mel: vec![id],
+            word_timestamps: false,
+        }
+    }
+
+    fn recording(
+        max_batch: usize,
+        max_wait: Duration,
+    ) -> (BatcherHandle, Arc<Mutex<Vec<Vec<f32>>>>, mpsc::Receiver<Job>, BatchPolicy) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let policy = BatchPolicy {
+            max_batch,
+            max_wait,
+            capacity: 16,
+        };
+        let (sender, receiver) = mpsc::sync_channel(policy.capacity);
+        let handle = BatcherHandle {
+            sender,
+            stats: Arc::new(BatcherStats::default()),
+        };
+        (handle, batches, receiver, policy)
+    }
+
+    fn start(
+        batches: &Arc<Mutex<Vec<Vec<f32>>>>,
+        receiver: mpsc::Receiver<Job>,
+        policy: BatchPolicy,
+        stats: Arc<BatcherStats>,
+    ) -> std::thread::JoinHandle<()> {
+        let recognizer = Box::new(RecordingRecognizer {
+            batches: batches.clone(),
+        });
+        std::thread::spawn(move || run(recognizer, receiver, policy, &stats))
+    }
+
+    #[test]
+    fn gathers_ready_windows_into_one_call_up_to_max_batch() {
+        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(50));
+        let replies: Vec<_> = (0..6)
+            .map(|id| handle.submit(request(id as f32), Priority::Partial).unwrap())
+            .collect();
+        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        for (id, reply) in replies.into_iter().enumerate() {
+            let transcript = reply.blocking_recv().unwrap().unwrap();
+            assert_eq!(transcript.text, format!("window {id}"));
+        }
+        drop(handle);
+        thread.join().unwrap();
+        let batches = batches.lock().unwrap();
+        assert_eq!(*batches, vec![vec![0.0, 1.0, 2.0, 3.0], vec![4.0, 5.0]]);
+    }
+
+    #[test]
+    fn finals_go_before_partials() {
+        let (handle, batches, receiver, policy) = recording(2, Duration::from_millis(50));
+        let replies = vec![
+            handle.submit(request(0.0), Priority::Partial).unwrap(),
+            handle.submit(request(1.0), Priority::Partial).unwrap(),
+            handle.submit(request(2.0), Priority::Final).unwrap(),
+        ];
+        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        for reply in replies {
+            reply.blocking_recv().unwrap().unwrap();
+        }
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(batches.lock().unwrap()[0], vec![2.0, 0.0]);
+    }
+
+    #[test]
+    fn a_full_batch_does_not_wait_for_max_wait() {
+        // With a ten-minute max_wait, a batch that is full must still run at once.
+        let (handle, batches, receiver, policy) = recording(2, Duration::from_secs(600));
+        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        let first = handle.submit(request(0.0), Priority::Partial).unwrap();
+        let second = handle.submit(request(1.0), Priority::Partial).unwrap();
+        first.blocking_recv().unwrap().unwrap();
+        second.blocking_recv().unwrap().unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(batches.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn skips_windows_whose_stream_has_gone() {
+        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(10));
+        let abandoned = handle.submit(request(0.0), Priority::Partial).unwrap();
+        drop(abandoned);
+        let kept = handle.submit(request(1.0), Priority::Partial).unwrap();
+        let stats = handle.stats.clone();
+        let thread = start(&batches, receiver, policy, stats.clone());
+        kept.blocking_recv().unwrap().unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1.0]]);
+        assert_eq!(stats.skipped_cancelled.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn refuses_when_the_queue_is_full() {
+        let (handle, _batches, _receiver, _policy) = recording(1, Duration::from_millis(1));
+        let _held: Vec<_> = (0..16)
+            .map(|id| handle.submit(request(id as f32), Priority::Partial).unwrap())
+            .collect();
+        assert!(matches!(
+            handle.submit(request(99.0), Priority::Final),
+            Err(SubmitError::QueueFull)
+        ));
+    }
+}

@@ -1,0 +1,14 @@
+//! The speech engine: the `stt.SpeechToText` gRPC service over a batched recognizer.
+//!
+//! Streams feed [`session::Session`]s (resampling, log-mel, endpointing); their windows are
+//! decoded by the [`batcher`] thread; [`service`] maps everything onto gRPC.
+
+pub mod batcher;
+pub mod client;
+pub mod config;
+pub mod server;
+pub mod service;
+pub mod session;
+
+pub use config::EngineConfig;
+pub use server::{EngineError, RunningEngine, SERVICE_NAME, run_engine};

@@ -1,0 +1,191 @@
+//! Runs the engine: recognizer thread, gRPC server with health and keep-alive, warm-up before
+//! SERVING, and an orderly shutdown (not-serving, stop accepting, flush finals, deadline).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use earshot_model::{RecognitionRequest, Recognizer};
+use earshot_proto::speech_to_text_server::SpeechToTextServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::batcher::{BatchPolicy, BatcherStats, Priority, spawn_batcher};
+use tokio_util::sync::CancellationToken;
+use crate::config::EngineConfig;
+use crate::service::{EngineState, SpeechService};
+
+/// The name the health service reports on, as in the proto.
+pub const SERVICE_NAME: &str = "stt.SpeechToText";
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+const WARM_UP_AUDIO: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid engine configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the recognizer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("model warm-up failed: {0}")]
+    WarmUp(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `stt.SpeechToText` on `listener` until `shutdown` resolves, then drains.
+pub async fn run_engine(
+    config: EngineConfig,
+    recognizer: Box<dyn Recognizer>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EngineError> {
+    let engine = RunningEngine::start(config, recognizer, listener).await?;
+    shutdown.await;
+    engine.shutdown().await
+}
+
+/// An engine that is serving; [`RunningEngine::shutdown`] stops it in order.
+pub struct RunningEngine {
+    state: Arc<EngineState>,
+    health_reporter: tonic_health::server::HealthReporter,
+    stop_accepting: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    recognizer_thread: std::thread::JoinHandle<()>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl RunningEngine {
+    /// Starts serving at once (health NOT_SERVING), warms the model up, then reports SERVING.
+    pub async fn start(
+        config: EngineConfig,
+        recognizer: Box<dyn Recognizer>,
+        listener: TcpListener,
+    ) -> Result<Self, EngineError> {
+        config.validate()?;
+        let local_addr = listener.local_addr().ok();
+        let n_mels = recognizer.n_mels();
+        let mel_filters = recognizer.mel_filters();
+        let policy = BatchPolicy {
+            max_batch: config.max_batch,
+            max_wait: config.max_wait,
+            // One window per stream plus the warm-up.
+            capacity: config.max_sessions + 1,
+        };
+        let (batcher, recognizer_thread) =
+            spawn_batcher(recognizer, policy).map_err(EngineError::Thread)?;
+        let state = Arc::new(EngineState::new(config.clone(), batcher, mel_filters, n_mels));
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, ServingStatus::NotServing).await;
+
+        let stop_accepting = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(SpeechToTextServer::new(SpeechService::new(state.clone())))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(server);
+
+        let warm_up = warm_up(&state, n_mels).await?;
+        set_health(&health_reporter, ServingStatus::Serving).await;
+        tracing::info!(
+            addr = ?local_addr,
+            warm_up_ms = warm_up.as_millis() as u64,
+            max_batch = config.max_batch,
+            max_sessions = config.max_sessions,
+            "engine serving"
+        );
+        Ok(Self {
+            state,
+            health_reporter,
+            stop_accepting,
+            server,
+            recognizer_thread,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Model-call counters (batches, windows, busy time).
+    pub fn stats(&self) -> Arc<BatcherStats> {
+        self.state.batcher.stats().clone()
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.state.active_sessions()
+    }
+
+    /// Reports NOT_SERVING, lets every stream flush its finals (up to the shutdown deadline),
+    /// then stops accepting and closes connections.
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        let deadline = self.state.config.shutdown_deadline;
+        tracing::info!(
+            active_streams = self.state.active_sessions(),
+            "shutting down: flushing finals"
+        );
+        set_health(&self.health_reporter, ServingStatus::NotServing).await;
+        self.state.shutdown.cancel();
+        self.state.tracker.close();
+        if tokio::time::timeout(deadline, self.state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown deadline passed with streams still open");
+        }
+        self.stop_accepting.cancel();
+        match tokio::time::timeout(Duration::from_secs(2), self.server).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join_error)) => tracing::error!(%join_error, "server task failed"),
+            Err(_) => tracing::warn!("connections still open after the deadline; exiting anyway"),
+        }
+        drop(self.state);
+        // The recognizer thread ends once every handle is gone; don't wait on a long model call.
+        let thread = self.recognizer_thread;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Runs the model once on synthetic audio so that the first real stream does not pay for
+/// lazy initialisation (allocation, thread pools).
+async fn warm_up(state: &EngineState, n_mels: usize) -> Result<Duration, EngineError> {
+    let started = Instant::now();
+    let n_frames = WARM_UP_AUDIO.as_millis() as usize / 10;
+    // Quiet noise, as raw log10 mel power.
+    let raw_log_mel = (0..n_frames * n_mels)
+        .map(|i| -6.0 + ((i * 7919) % 17) as f32 * 0.05)
+        .collect();
+    let request = RecognitionRequest {
+        raw_log_mel,
+        word_timestamps: true,
+    };
+    let reply = state
+        .batcher
+        .submit(request, Priority::Final)
+        .map_err(|err| EngineError::WarmUp(err.to_string()))?;
+    match reply.await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(message)) => Err(EngineError::WarmUp(message)),
+        Err(_) => Err(EngineError::WarmUp("recognizer thread stopped".into())),
+    }
+}

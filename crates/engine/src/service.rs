@@ -1,0 +1,413 @@
+//! The `stt.SpeechToText` gRPC service: admission, one task per stream, and the mapping of
+//! session outputs and errors onto the wire (the only place that builds a `tonic::Status`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use earshot_audio::AudioFormat;
+use earshot_proto::speech_to_text_server::SpeechToText;
+use earshot_proto::{
+    ResponseKind, StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::batcher::{BatcherHandle, JobResult};
+use crate::config::{CHUNK_RANGE, ENDPOINT_RANGE, EngineConfig};
+use crate::session::{DecodeTicket, Session, SessionOutput, SessionSettings};
+
+/// Responses buffered per stream before partials are dropped (finals always wait for room).
+const RESPONSE_BUFFER: usize = 32;
+
+/// Everything the streams share.
+pub struct EngineState {
+    pub config: EngineConfig,
+    pub batcher: BatcherHandle,
+    pub mel_filters: Arc<[f32]>,
+    pub n_mels: usize,
+    admission: Arc<Semaphore>,
+    /// Cancelled on shutdown: streams flush their finals and end.
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl EngineState {
+    pub fn new(
+        config: EngineConfig,
+        batcher: BatcherHandle,
+        mel_filters: Arc<[f32]>,
+        n_mels: usize,
+    ) -> Self {
+        Self {
+            admission: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            batcher,
+            mel_filters,
+            n_mels,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.config.max_sessions - self.admission.available_permits()
+    }
+}
+
+#[derive(Clone)]
+pub struct SpeechService {
+    state: Arc<EngineState>,
+}
+
+impl SpeechService {
+    pub fn new(state: Arc<EngineState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl SpeechToText for SpeechService {
+    type StreamingRecognizeStream = ReceiverStream<Result<StreamingRecognizeResponse, Status>>;
+
+    async fn streaming_recognize(
+        &self,
+        request: Request<Streaming<StreamingRecognizeRequest>>,
+    ) -> Result<Response<Self::StreamingRecognizeStream>, Status> {
+        if self.state.shutdown.is_cancelled() {
+            return Err(Status::unavailable("engine is shutting down"));
+        }
+        // Refuse at once rather than queueing: the caller can try another engine.
+        let permit = self
+            .state
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "engine is at capacity ({} concurrent streams); retry later or use another engine",
+                    self.state.config.max_sessions
+                ))
+            })?;
+        let peer = request.remote_addr();
+        let (sender, receiver) = mpsc::channel(RESPONSE_BUFFER);
+        let state = self.state.clone();
+        let inbound = request.into_inner();
+        let span = tracing::info_span!("stream", session_id = tracing::field::Empty, ?peer);
+        self.state
+            .tracker
+            .spawn(run_stream(state, inbound, sender, permit).instrument(span));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// Why a stream ended early; mapped onto a status in one place.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("model inference failed: {0}")]
+    Inference(String),
+    #[error("engine is shutting down; every word heard before this point was sent as a final")]
+    ShuttingDown,
+    #[error("the recognizer is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StreamError> for Status {
+    fn from(err: StreamError) -> Self {
+        match &err {
+            StreamError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
+            StreamError::Inference(_) => Status::internal(err.to_string()),
+            StreamError::ShuttingDown | StreamError::Unavailable(_) => {
+                Status::unavailable(err.to_string())
+            }
+        }
+    }
+}
+
+async fn run_stream(
+    state: Arc<EngineState>,
+    inbound: Streaming<StreamingRecognizeRequest>,
+    sender: mpsc::Sender<Result<StreamingRecognizeResponse, Status>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut stream = StreamTask {
+        state,
+        sender,
+        session_id: String::new(),
+    };
+    let outcome = stream.run(inbound).await;
+    match outcome {
+        Ok(()) => tracing::info!("stream ended"),
+        Err(err) => {
+            tracing::info!(error = %err, "stream ended with an error");
+            let _ = stream.sender.send(Err(err.into())).await;
+        }
+    }
+}
+
+struct StreamTask {
+    state: Arc<EngineState>,
+    sender: mpsc::Sender<Result<StreamingRecognizeResponse, Status>>,
+    session_id: String,
+}
+
+impl StreamTask {
+    async fn run(
+        &mut self,
+        mut inbound: Streaming<StreamingRecognizeRequest>,
+    ) -> Result<(), StreamError> {
+        let first = match inbound.message().await {
+            Ok(Some(first)) => first,
+            // The client went away before saying anything.
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        let mut session = self.open_session(&first)?;
+        session
+            .push_audio(&first.audio_content)
+            .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
+        if first.finalize {
+            session.finalize();
+        }
+
+        let mut in_flight: Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)> =
+            None;
+        let mut input_open = true;
+        let mut shutting_down = false;
+        loop {
+            self.send_outputs(&mut session).await?;
+            if in_flight.is_none() {
+                in_flight = self.schedule(&mut session).await?;
+            }
+            if !input_open && in_flight.is_none() && session.is_drained() {
+                break;
+            }
+            let read_allowed = input_open && !session.is_backlogged();
+            tokio::select! {
+                message = inbound.message(), if read_allowed => match message {
+                    Ok(Some(request)) => {
+                        if request.audio_config.is_some() || request.recognition_config.is_some() {
+                            return Err(StreamError::InvalidArgument(
+                                "audio_config and recognition_config are only accepted in the first request".into(),
+                            ));
+                        }
+                        session
+                            .push_audio(&request.audio_content)
+                            .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
+                        if request.finalize {
+                            session.finalize();
+                        }
+                    }
+                    Ok(None) => {
+                        session.end_of_stream();
+                        input_open = false;
+                    }
+                    Err(status) => {
+                        // The client reset the stream: nobody is left to read results.
+                        tracing::debug!(%status, "client stream failed");
+                        return Ok(());
+                    }
+                },
+                result = async { (&mut in_flight.as_mut().expect("guarded by the select condition").1).await },
+                    if in_flight.is_some() =>
+                {
+                    let (ticket, _) = in_flight.take().expect("guarded by the select condition");
+                    let transcript = match result {
+                        Ok(Ok(transcript)) => transcript,
+                        Ok(Err(message)) => return Err(StreamError::Inference(message)),
+                        Err(_) => return Err(StreamError::Unavailable("recognizer thread stopped".into())),
+                    };
+                    session.finish(ticket, Some(transcript));
+                }
+                () = self.state.shutdown.cancelled(), if input_open => {
+                    session.end_of_stream();
+                    input_open = false;
+                    shutting_down = true;
+                }
+                () = self.sender.closed() => {
+                    tracing::debug!("client stopped reading; ending the stream");
+                    return Ok(());
+                }
+            }
+        }
+        self.send_outputs(&mut session).await?;
+        if shutting_down {
+            return Err(StreamError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn open_session(&mut self, first: &StreamingRecognizeRequest) -> Result<Session, StreamError> {
+        self.session_id = if first.session_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            first.session_id.clone()
+        };
+        tracing::Span::current().record("session_id", self.session_id.as_str());
+        let audio_config = first.audio_config.as_ref().ok_or_else(|| {
+            StreamError::InvalidArgument(
+                "the first request must carry audio_config (sample_rate, channels, encoding)"
+                    .into(),
+            )
+        })?;
+        let format = AudioFormat::from_declared(
+            audio_config.sample_rate,
+            audio_config.channels,
+            &audio_config.encoding,
+        )
+        .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
+        let settings = self.settings(first)?;
+        tracing::info!(
+            sample_rate = format.sample_rate,
+            encoding = format.encoding.as_str(),
+            "stream opened"
+        );
+        Session::new(
+            format,
+            settings,
+            self.state.mel_filters.clone(),
+            self.state.n_mels,
+        )
+        .map_err(|err| StreamError::InvalidArgument(err.to_string()))
+    }
+
+    fn settings(&self, first: &StreamingRecognizeRequest) -> Result<SessionSettings, StreamError> {
+        let defaults = &self.state.config;
+        let mut settings = SessionSettings {
+            chunk: defaults.chunk,
+            endpoint_silence: defaults.endpoint_silence,
+            max_utterance: defaults.max_utterance,
+            interim_results: true,
+            voice_activity_events: false,
+        };
+        let Some(config) = &first.recognition_config else {
+            return Ok(settings);
+        };
+        if config.chunk_ms != 0 {
+            let chunk = millis(config.chunk_ms);
+            if !CHUNK_RANGE.contains(&chunk) {
+                return Err(StreamError::InvalidArgument(format!(
+                    "chunk_ms {} is outside the allowed 100 to 1000",
+                    config.chunk_ms
+                )));
+            }
+            settings.chunk = chunk;
+        }
+        if config.endpoint_ms != 0 {
+            let endpoint = millis(config.endpoint_ms);
+            if !ENDPOINT_RANGE.contains(&endpoint) {
+                return Err(StreamError::InvalidArgument(format!(
+                    "endpoint_ms {} is outside the allowed 100 to 5000",
+                    config.endpoint_ms
+                )));
+            }
+            settings.endpoint_silence = endpoint;
+        }
+        if !matches!(config.language.as_str(), "" | "en") {
+            return Err(StreamError::InvalidArgument(format!(
+                "language {:?} is not supported: this engine's model is English-only (use \"en\")",
+                config.language
+            )));
+        }
+        settings.interim_results = config.interim_results.unwrap_or(true);
+        settings.voice_activity_events = config.voice_activity_events;
+        Ok(settings)
+    }
+
+    /// Submits the next due window, if any. Empty windows are answered without the model.
+    async fn schedule(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)>, StreamError>
+    {
+        loop {
+            let Some((ticket, request)) = session.next_window() else {
+                return Ok(None);
+            };
+            let Some(request) = request else {
+                session.finish(ticket, None);
+                self.send_outputs(session).await?;
+                continue;
+            };
+            let receiver = self
+                .state
+                .batcher
+                .submit(request, ticket.priority)
+                .map_err(|err| StreamError::Unavailable(err.to_string()))?;
+            return Ok(Some((ticket, receiver)));
+        }
+    }
+
+    async fn send_outputs(&mut self, session: &mut Session) -> Result<(), StreamError> {
+        let audio_duration_ms = session.audio_duration().as_millis() as i64;
+        for output in session.take_outputs() {
+            let is_partial = matches!(&output, SessionOutput::Result(r) if !r.is_final);
+            let response = to_response(output, audio_duration_ms, &self.session_id);
+            if is_partial {
+                // A newer partial will follow; never block audio on a slow reader for one.
+                let _ = self.sender.try_send(Ok(response));
+            } else if self.sender.send(Ok(response)).await.is_err() {
+                tracing::debug!("client went away before its final was delivered");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn millis(value: i32) -> Duration {
+    Duration::from_millis(u64::try_from(value).unwrap_or(0))
+}
+
+fn ms(duration: Duration) -> i64 {
+    duration.as_millis() as i64
+}
+
+fn to_response(
+    output: SessionOutput,
+    audio_duration_ms: i64,
+    session_id: &str,
+) -> StreamingRecognizeResponse {
+    let base = StreamingRecognizeResponse {
+        audio_duration_ms,
+        session_id: session_id.to_string(),
+        ..Default::default()
+    };
+    match output {
+        SessionOutput::SpeechStarted { at } => StreamingRecognizeResponse {
+            kind: ResponseKind::SpeechStarted as i32,
+            event_ms: ms(at),
+            ..base
+        },
+        SessionOutput::SpeechEnded { at } => StreamingRecognizeResponse {
+            kind: ResponseKind::SpeechEnded as i32,
+            event_ms: ms(at),
+            ..base
+        },
+        SessionOutput::Result(result) => StreamingRecognizeResponse {
+            kind: ResponseKind::Result as i32,
+            transcript: result.text,
+            is_final: result.is_final,
+            confidence: result.confidence,
+            start_ms: ms(result.start),
+            end_ms: ms(result.end),
+            stability: result.stability,
+            segment_index: result.segment as i32,
+            from_finalize: result.from_finalize,
+            words: result
+                .words
+                .into_iter()
+                .map(|word| WordInfo {
+                    word: word.word,
+                    start_ms: ms(word.start),
+                    end_ms: ms(word.end),
+                    confidence: word.confidence,
+                })
+                .collect(),
+            ..base
+        },
+    }
+}

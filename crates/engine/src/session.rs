@@ -1,0 +1,541 @@
+//! One stream's recognition state, without I/O: audio in, windows to decode and results out.
+//!
+//! Audio is resampled to 16 kHz and feeds two things at once: the incremental log-mel front-end
+//! and the voice-activity endpointer. An utterance opens when speech starts (with a little
+//! pre-roll) and closes after trailing silence, at `max_utterance` (cut at the quietest recent
+//! point), on `finalize`, or at the end of the stream. Utterances are contiguous and never
+//! overlap, so finals neither lose nor repeat words at their boundaries. While an utterance is
+//! open, a partial window is due every `chunk` of new audio. Silence is never decoded.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use earshot_audio::vad::{EndpointConfig, EndpointEvent, Endpointer, VAD_FRAME_SAMPLES, VoiceActivityDetector};
+use earshot_audio::resample::StreamResampler;
+use earshot_audio::{AudioError, AudioFormat, TARGET_SAMPLE_RATE, pcm};
+use earshot_model::mel::{HOP_LENGTH, LogMelStream};
+use earshot_model::{RecognitionRequest, Transcript};
+
+use crate::batcher::Priority;
+
+const SAMPLES_PER_MS: u64 = TARGET_SAMPLE_RATE as u64 / 1000;
+/// Audio kept before the detected speech onset: the detector needs a few frames to be sure.
+const PRE_ROLL: Duration = Duration::from_millis(200);
+/// Audio history kept while nobody speaks.
+const IDLE_HISTORY: Duration = Duration::from_millis(1500);
+/// Silence kept after the last speech frame so that the model hears the word end.
+const TAIL: Duration = Duration::from_millis(150);
+/// Where a too-long utterance may be cut: the quietest point in this much recent audio.
+const CUT_SEARCH: Duration = Duration::from_secs(3);
+/// Finals waiting for the model beyond which the stream stops reading audio (backpressure).
+const MAX_PENDING_FINALS: usize = 3;
+
+/// Per-stream settings, from the engine defaults and the stream's RecognitionConfig.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub chunk: Duration,
+    pub endpoint_silence: Duration,
+    pub max_utterance: Duration,
+    pub interim_results: bool,
+    pub voice_activity_events: bool,
+}
+
+/// What the session tells its client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionOutput {
+    SpeechStarted { at: Duration },
+    SpeechEnded { at: Duration },
+    Result(RecognitionResult),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecognitionResult {
+    pub text: String,
+    pub is_final: bool,
+    pub confidence: f32,
+    pub stability: f32,
+    pub start: Duration,
+    pub end: Duration,
+    pub segment: u32,
+    pub words: Vec<ResultWord>,
+    pub from_finalize: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultWord {
+    pub word: String,
+    pub start: Duration,
+    pub end: Duration,
+    pub confidence: f32,
+}
+
+/// A window handed to the model; `finish` needs it back with the transcript.
+#[derive(Debug, Clone)]
+pub struct DecodeTicket {
+    pub priority: Priority,
+    segment: u32,
+    start_frame: u64,
+    end_frame: u64,
+    from_finalize: bool,
+}
+
+/// A closed utterance waiting for its final decode, in mel frames (10 ms).
+#[derive(Debug, Clone)]
+struct PendingFinal {
+    segment: u32,
+    start_frame: u64,
+    end_frame: u64,
+    from_finalize: bool,
+    /// Partials were shown for it, so a final must follow even if the text came out empty.
+    partials_sent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct OpenUtterance {
+    segment: u32,
+    start_frame: u64,
+    /// Mel frames covered by the last partial scheduled for it.
+    partial_frames_end: u64,
+    previous_partial_words: Vec<String>,
+    partials_sent: bool,
+}
+
+pub struct Session {
+    settings: SessionSettings,
+    format: AudioFormat,
+    resampler: StreamResampler,
+    detector: VoiceActivityDetector,
+    endpointer: Endpointer,
+    mel: LogMelStream,
+    n_mels: usize,
+    scores: Vec<f32>,
+    /// VAD scores of recent frames, to find a cut point.
+    recent_scores: VecDeque<(u64, f32)>,
+    input_samples: u64,
+    samples_16k: u64,
+    utterance: Option<OpenUtterance>,
+    pending_finals: VecDeque<PendingFinal>,
+    next_segment: u32,
+    /// Audio before this mel frame belongs to utterances already closed.
+    consumed_frame: u64,
+    outputs: Vec<SessionOutput>,
+    ended: bool,
+}
+
+impl Session {
+    pub fn new(
+        format: AudioFormat,
+        settings: SessionSettings,
+        mel_filters: Arc<[f32]>,
+        n_mels: usize,
+    ) -> Result<Self, AudioError> {
+        let endpoint_config = EndpointConfig {
+            endpoint_silence: settings.endpoint_silence,
+            ..EndpointConfig::default()
+        };
+        endpoint_config.validate()?;
+        Ok(Self {
+            resampler: StreamResampler::new(format.sample_rate)?,
+            detector: VoiceActivityDetector::new(),
+            endpointer: Endpointer::new(endpoint_config),
+            mel: LogMelStream::new(mel_filters, n_mels),
+            n_mels,
+            scores: Vec::new(),
+            recent_scores: VecDeque::new(),
+            input_samples: 0,
+            samples_16k: 0,
+            utterance: None,
+            pending_finals: VecDeque::new(),
+            next_segment: 0,
+            consumed_frame: 0,
+            outputs: Vec::new(),
+            ended: false,
+            settings,
+            format,
+        })
+    }
+
+    /// Audio received so far, at the client's rate.
+    pub fn audio_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.input_samples as f64 / f64::from(self.format.sample_rate))
+    }
+
+    /// Decodes and consumes one request's audio bytes.
+    pub fn push_audio(&mut self, bytes: &[u8]) -> Result<(), AudioError> {
+        if self.ended || bytes.is_empty() {
+            return Ok(());
+        }
+        let samples = pcm::decode_samples(bytes, self.format.encoding)?;
+        self.input_samples += samples.len() as u64;
+        let resampled = self.resampler.process(&samples);
+        self.consume_16k(&resampled);
+        Ok(())
+    }
+
+    fn consume_16k(&mut self, samples: &[f32]) {
+        if samples.is_empty() {
+            return;
+        }
+        self.samples_16k += samples.len() as u64;
+        self.mel.push(samples);
+        self.scores.clear();
+        self.detector.push(samples, &mut self.scores);
+        let scores = std::mem::take(&mut self.scores);
+        for &score in &scores {
+            let frame = self.endpointer.frames_seen();
+            self.recent_scores.push_back((frame, score));
+            if let Some(event) = self.endpointer.push_score(score) {
+                self.on_endpoint(event);
+            }
+        }
+        self.scores = scores;
+        let keep_vad_frames = duration_to_vad_frames(CUT_SEARCH) + 1;
+        while self.recent_scores.len() as u64 > keep_vad_frames {
+            self.recent_scores.pop_front();
+        }
+        self.cut_if_too_long();
+        self.discard_unneeded_audio();
+    }
+
+    fn on_endpoint(&mut self, event: EndpointEvent) {
+        match event {
+            EndpointEvent::SpeechStarted { frame } => {
+                let onset = vad_frame_to_mel_frame(frame);
+                let start = onset
+                    .saturating_sub(duration_to_mel_frames(PRE_ROLL))
+                    .max(self.consumed_frame);
+                self.utterance = Some(OpenUtterance {
+                    segment: self.next_segment,
+                    start_frame: start,
+                    partial_frames_end: start,
+                    previous_partial_words: Vec::new(),
+                    partials_sent: false,
+                });
+                self.next_segment += 1;
+                self.emit_voice_event(SessionOutput::SpeechStarted {
+                    at: mel_frames_to_duration(onset),
+                });
+            }
+            EndpointEvent::SpeechEnded { frame } => {
+                let end = vad_frame_to_mel_frame(frame) + duration_to_mel_frames(TAIL);
+                self.close_utterance(end, false);
+                self.emit_voice_event(SessionOutput::SpeechEnded {
+                    at: mel_frames_to_duration(vad_frame_to_mel_frame(frame)),
+                });
+            }
+        }
+    }
+
+    fn emit_voice_event(&mut self, event: SessionOutput) {
+        if self.settings.voice_activity_events {
+            self.outputs.push(event);
+        }
+    }
+
+    /// Closes the open utterance at `end_frame` (clamped to the audio heard) and queues its final.
+    fn close_utterance(&mut self, end_frame: u64, from_finalize: bool) -> bool {
+        let Some(utterance) = self.utterance.take() else {
+            return false;
+        };
+        let end_frame = end_frame.clamp(utterance.start_frame, self.heard_frames());
+        self.consumed_frame = end_frame;
+        self.pending_finals.push_back(PendingFinal {
+            segment: utterance.segment,
+            start_frame: utterance.start_frame,
+            end_frame,
+            from_finalize,
+            partials_sent: utterance.partials_sent,
+        });
+        true
+    }
+
+    /// Mel frames whose centre lies in audio already received.
+    fn heard_frames(&self) -> u64 {
+        self.samples_16k / HOP_LENGTH as u64
+    }
+
+    fn cut_if_too_long(&mut self) {
+        let Some(utterance) = &self.utterance else {
+            return;
+        };
+        let length = self.heard_frames().saturating_sub(utterance.start_frame);
+        if length < duration_to_mel_frames(self.settings.max_utterance) {
+            return;
+        }
+        // Cut in the quietest recent frame, but leave at least a second in the utterance.
+        let earliest = utterance.start_frame + duration_to_mel_frames(Duration::from_secs(1));
+        let cut = self
+            .recent_scores
+            .iter()
+            .map(|&(frame, score)| (vad_frame_to_mel_frame(frame) + 1, score))
+            .filter(|&(mel_frame, _)| mel_frame > earliest && mel_frame < self.heard_frames())
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(self.heard_frames(), |(mel_frame, _)| mel_frame);
+        let segment = utterance.segment;
+        tracing::debug!(segment, cut_frame = cut, "utterance reached max length; cutting");
+        self.close_utterance(cut, false);
+        // Speech goes on: the next utterance starts exactly at the cut.
+        self.utterance = Some(OpenUtterance {
+            segment: self.next_segment,
+            start_frame: cut,
+            partial_frames_end: cut,
+            previous_partial_words: Vec::new(),
+            partials_sent: false,
+        });
+        self.next_segment += 1;
+    }
+
+    /// Turns everything heard so far into a final now. Always answered by a final carrying
+    /// `from_finalize`, with empty text when there was nothing to say.
+    pub fn finalize(&mut self) {
+        let heard = self.heard_frames();
+        if let Some(EndpointEvent::SpeechEnded { frame }) = self.endpointer.force_end() {
+            self.emit_voice_event(SessionOutput::SpeechEnded {
+                at: mel_frames_to_duration(vad_frame_to_mel_frame(frame)),
+            });
+        }
+        if !self.close_utterance(heard, true) {
+            // Nothing open: answer with an empty final once the queued ones are out.
+            self.pending_finals.push_back(PendingFinal {
+                segment: self.next_segment,
+                start_frame: heard,
+                end_frame: heard,
+                from_finalize: true,
+                partials_sent: false,
+            });
+            self.next_segment += 1;
+        }
+    }
+
+    /// No more audio: flushes the resampler and the front-end and closes any open utterance.
+    pub fn end_of_stream(&mut self) {
+        if self.ended {
+            return;
+        }
+        let tail = self.resampler.flush();
+        self.consume_16k(&tail);
+        self.mel.flush();
+        self.ended = true;
+        if let Some(EndpointEvent::SpeechEnded { frame }) = self.endpointer.force_end() {
+            self.emit_voice_event(SessionOutput::SpeechEnded {
+                at: mel_frames_to_duration(vad_frame_to_mel_frame(frame)),
+            });
+        }
+        let heard = self.heard_frames();
+        self.close_utterance(heard, false);
+    }
+
+    /// Too many finals are waiting for the model: stop reading audio until they drain.
+    pub fn is_backlogged(&self) -> bool {
+        self.pending_finals.len() >= MAX_PENDING_FINALS
+    }
+
+    /// Nothing left to decode (after `end_of_stream`, the stream may end).
+    pub fn is_drained(&self) -> bool {
+        self.pending_finals.is_empty() && self.utterance.is_none()
+    }
+
+    pub fn take_outputs(&mut self) -> Vec<SessionOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// The next window to decode, if one is due: the oldest closed utterance first, else a
+    /// partial of the open utterance once `chunk` of new audio has arrived.
+    pub fn next_window(&mut self) -> Option<(DecodeTicket, Option<RecognitionRequest>)> {
+        if let Some(pending) = self.pending_finals.front() {
+            let ticket = DecodeTicket {
+                priority: Priority::Final,
+                segment: pending.segment,
+                start_frame: pending.start_frame,
+                end_frame: pending.end_frame,
+                from_finalize: pending.from_finalize,
+            };
+            let request = (pending.end_frame > pending.start_frame).then(|| RecognitionRequest {
+                raw_log_mel: self.mel.raw_frames(pending.start_frame, pending.end_frame),
+                word_timestamps: true,
+            });
+            return Some((ticket, request));
+        }
+        if !self.settings.interim_results {
+            return None;
+        }
+        let computed = self.mel.frames_computed();
+        let utterance = self.utterance.as_mut()?;
+        if computed < utterance.partial_frames_end + duration_to_mel_frames(self.settings.chunk) {
+            return None;
+        }
+        utterance.partial_frames_end = computed;
+        let ticket = DecodeTicket {
+            priority: Priority::Partial,
+            segment: utterance.segment,
+            start_frame: utterance.start_frame,
+            end_frame: computed,
+            from_finalize: false,
+        };
+        let request = RecognitionRequest {
+            raw_log_mel: self.mel.raw_frames(utterance.start_frame, computed),
+            word_timestamps: false,
+        };
+        Some((ticket, Some(request)))
+    }
+
+    /// Takes the model's answer for `ticket` (None for an empty window).
+    pub fn finish(&mut self, ticket: DecodeTicket, transcript: Option<Transcript>) {
+        let transcript = transcript
+            .filter(|t| !t.is_probably_silence())
+            .unwrap_or_default();
+        match ticket.priority {
+            Priority::Final => self.finish_final(ticket, transcript),
+            Priority::Partial => self.finish_partial(ticket, transcript),
+        }
+        self.discard_unneeded_audio();
+    }
+
+    fn finish_final(&mut self, ticket: DecodeTicket, transcript: Transcript) {
+        let Some(pending) = self.pending_finals.pop_front() else {
+            return;
+        };
+        debug_assert_eq!(pending.segment, ticket.segment);
+        if transcript.text.is_empty() && !pending.from_finalize && !pending.partials_sent {
+            return;
+        }
+        let start = mel_frames_to_duration(ticket.start_frame);
+        let words = transcript
+            .words
+            .into_iter()
+            .map(|word| ResultWord {
+                word: word.word,
+                start: start + word.start,
+                end: start + word.end,
+                confidence: word.confidence,
+            })
+            .collect();
+        self.outputs.push(SessionOutput::Result(RecognitionResult {
+            text: transcript.text,
+            is_final: true,
+            confidence: transcript.confidence,
+            stability: 1.0,
+            start,
+            end: mel_frames_to_duration(ticket.end_frame),
+            segment: ticket.segment,
+            words,
+            from_finalize: ticket.from_finalize,
+        }));
+    }
+
+    fn finish_partial(&mut self, ticket: DecodeTicket, transcript: Transcript) {
+        // A partial that returns after its utterance closed is stale: its final is coming.
+        let Some(utterance) = self.utterance.as_mut() else {
+            return;
+        };
+        if utterance.segment != ticket.segment || transcript.text.is_empty() {
+            return;
+        }
+        let words: Vec<String> = transcript
+            .text
+            .split_whitespace()
+            .map(normalise_word)
+            .collect();
+        let stability = prefix_agreement(&utterance.previous_partial_words, &words);
+        utterance.previous_partial_words = words;
+        utterance.partials_sent = true;
+        self.outputs.push(SessionOutput::Result(RecognitionResult {
+            text: transcript.text,
+            is_final: false,
+            confidence: transcript.confidence,
+            stability,
+            start: mel_frames_to_duration(ticket.start_frame),
+            end: mel_frames_to_duration(ticket.end_frame),
+            segment: ticket.segment,
+            words: Vec::new(),
+            from_finalize: false,
+        }));
+    }
+
+    /// Keeps only the log-mel frames still needed: bounded memory however long the stream.
+    fn discard_unneeded_audio(&mut self) {
+        let needed_from = self
+            .pending_finals
+            .front()
+            .map(|p| p.start_frame)
+            .or_else(|| self.utterance.as_ref().map(|u| u.start_frame))
+            .unwrap_or_else(|| {
+                // Idle: keep enough history for the pre-roll of a speech onset that the
+                // detector confirms only after `min_speech`.
+                self.heard_frames()
+                    .saturating_sub(duration_to_mel_frames(IDLE_HISTORY))
+            });
+        self.mel.discard_before(needed_from);
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+}
+
+/// Fraction of `current`'s words that the previous partial already had, in order, at its start.
+fn prefix_agreement(previous: &[String], current: &[String]) -> f32 {
+    if current.is_empty() {
+        return 0.0;
+    }
+    let common = previous
+        .iter()
+        .zip(current)
+        .take_while(|(a, b)| a == b)
+        .count();
+    common as f32 / current.len() as f32
+}
+
+fn normalise_word(word: &str) -> String {
+    word.chars()
+        .filter(|c| c.is_alphanumeric() || *c == '\'')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn vad_frame_to_mel_frame(frame: u64) -> u64 {
+    frame * VAD_FRAME_SAMPLES as u64 / HOP_LENGTH as u64
+}
+
+fn duration_to_mel_frames(duration: Duration) -> u64 {
+    duration.as_millis() as u64 * SAMPLES_PER_MS / HOP_LENGTH as u64
+}
+
+fn duration_to_vad_frames(duration: Duration) -> u64 {
+    duration.as_millis() as u64 * SAMPLES_PER_MS / VAD_FRAME_SAMPLES as u64
+}
+
+fn mel_frames_to_duration(frames: u64) -> Duration {
+    Duration::from_millis(frames * HOP_LENGTH as u64 / SAMPLES_PER_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stability_is_the_share_of_words_already_agreed() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(prefix_agreement(&[], &words("hello world")), 0.0);
+        assert_eq!(
+            prefix_agreement(&words("hello world"), &words("hello world again")),
+            2.0 / 3.0
+        );
+        assert_eq!(prefix_agreement(&words("hello there"), &words("hello world")), 0.5);
+    }
+
+    #[test]
+    fn frame_conversions_round_trip() {
+        assert_eq!(duration_to_mel_frames(Duration::from_millis(300)), 30);
+        assert_eq!(mel_frames_to_duration(30), Duration::from_millis(300));
+        assert_eq!(vad_frame_to_mel_frame(10), 16);
+        assert_eq!(duration_to_vad_frames(Duration::from_millis(160)), 10);
+    }
+
+    #[test]
+    fn word_normalisation_ignores_case_and_punctuation() {
+        assert_eq!(normalise_word("Hello,"), "hello");
+        assert_eq!(normalise_word("don't"), "don't");
+    }
+}

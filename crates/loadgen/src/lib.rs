@@ -1,0 +1,5 @@
+//! Measuring Earshot: word error rate against reference transcripts and latency percentiles.
+
+pub mod corpus;
+pub mod stats;
+pub mod wer;
