@@ -557,6 +557,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        #[test]
+        fn random_chunking_matches_one_shot_output(
+            rate in proptest::sample::select(vec![8_000u32, 11_025, 16_000, 22_050, 44_100, 44_099, 48_000]),
+            chunk_sizes in proptest::collection::vec(0usize..3_000, 1..20),
+        ) {
+            let total: usize = chunk_sizes.iter().sum();
+            let input = sine(1_234.0, rate, total, 0.7);
+            let reference = resample_in_chunks(rate, &input, total.max(1));
+            let mut resampler = StreamResampler::new(rate).unwrap();
+            let mut output = Vec::new();
+            let mut start = 0;
+            for size in chunk_sizes {
+                output.extend(resampler.process(&input[start..start + size]));
+                start += size;
+            }
+            output.extend(resampler.flush());
+            proptest::prop_assert_eq!(output.len() as u64, expected_output_len(total as u64, rate));
+            proptest::prop_assert_eq!(output, reference);
+        }
+    }
+
     #[test]
     fn flush_resets_for_a_new_stream() {
         let input = sine(1_000.0, 22_050, 5_000, 0.5);

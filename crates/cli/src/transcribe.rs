@@ -122,7 +122,9 @@ async fn connect_with_retry(url: &str) -> anyhow::Result<tonic::transport::Chann
                 tracing::debug!(%err, "engine not reachable yet");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(err) => return Err(err).with_context(|| format!("cannot reach the engine at {url}")),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot reach the engine at {url}"));
+            }
         }
     }
 }
@@ -149,7 +151,11 @@ impl Printer {
         let mut out = std::io::stdout().lock();
         if self.json {
             let result = JsonResult {
-                kind: if response.is_final { "final" } else { "partial" },
+                kind: if response.is_final {
+                    "final"
+                } else {
+                    "partial"
+                },
                 text: &response.transcript,
                 is_final: response.is_final,
                 confidence: response.confidence,
@@ -207,5 +213,10 @@ impl Printer {
 
 fn timestamp(ms: i64) -> String {
     let ms = ms.max(0);
-    format!("{:02}:{:02}.{:02}", ms / 60_000, (ms / 1000) % 60, (ms % 1000) / 10)
+    format!(
+        "{:02}:{:02}.{:02}",
+        ms / 60_000,
+        (ms / 1000) % 60,
+        (ms % 1000) / 10
+    )
 }

@@ -27,14 +27,20 @@ async fn stream_file(engine: &EngineProcess, name: &str, options: &StreamOptions
 }
 
 /// Sends raw requests and returns the final status (OK when the stream ended cleanly).
-async fn send_raw(engine: &EngineProcess, requests: Vec<StreamingRecognizeRequest>) -> tonic::Status {
+async fn send_raw(
+    engine: &EngineProcess,
+    requests: Vec<StreamingRecognizeRequest>,
+) -> tonic::Status {
     let (sender, receiver) = mpsc::channel(requests.len().max(1));
     for request in requests {
         sender.send(request).await.unwrap();
     }
     drop(sender);
     let mut client = SpeechToTextClient::new(engine.channel().await);
-    let mut inbound = match client.streaming_recognize(ReceiverStream::new(receiver)).await {
+    let mut inbound = match client
+        .streaming_recognize(ReceiverStream::new(receiver))
+        .await
+    {
         Ok(response) => response.into_inner(),
         Err(status) => return status,
     };
@@ -60,7 +66,7 @@ fn config(sample_rate: i32, channels: i32, encoding: &str) -> StreamingRecognize
 
 fn audio(bytes: Vec<u8>) -> StreamingRecognizeRequest {
     StreamingRecognizeRequest {
-        audio_content: bytes.into(),
+        audio_content: bytes,
         ..Default::default()
     }
 }
@@ -84,10 +90,19 @@ async fn transcribes_bundled_recordings_with_partials_before_finals() {
     let results = futures::future::join_all(streams).await;
     let mut total = WordErrors::default();
     for (recording, report) in &results {
-        assert!(report.error.is_none(), "{}: {:?}", recording.name, report.error);
+        assert!(
+            report.error.is_none(),
+            "{}: {:?}",
+            recording.name,
+            report.error
+        );
         let hypothesis = report.final_text();
         let errors = word_errors(&recording.reference, &hypothesis);
-        println!("{:>24}  WER {:5.1}%  {hypothesis}", recording.name, 100.0 * errors.rate());
+        println!(
+            "{:>24}  WER {:5.1}%  {hypothesis}",
+            recording.name,
+            100.0 * errors.rate()
+        );
         total = total + errors;
         let first_partial = report
             .responses
@@ -109,7 +124,11 @@ async fn transcribes_bundled_recordings_with_partials_before_finals() {
         }
     }
     println!("overall WER {:.1}%", 100.0 * total.rate());
-    assert!(total.rate() < MAX_WER, "WER {:.3} over {MAX_WER}", total.rate());
+    assert!(
+        total.rate() < MAX_WER,
+        "WER {:.3} over {MAX_WER}",
+        total.rate()
+    );
 }
 
 #[tokio::test]
@@ -119,7 +138,10 @@ async fn half_close_flushes_the_last_words_as_finals() {
     let report = stream_file(&engine, "jfk.wav", &StreamOptions::default()).await;
     assert!(report.error.is_none());
     let text = report.final_text().to_lowercase();
-    assert!(text.contains("for your country"), "last words missing: {text}");
+    assert!(
+        text.contains("for your country"),
+        "last words missing: {text}"
+    );
     let last = report.responses.last().expect("responses");
     assert!(last.response.is_final, "the stream ends on a final");
 }
@@ -141,19 +163,37 @@ async fn long_stream_keeps_every_sentence_once() {
             reference.push(' ');
         }
     }
-    let report = client::stream_audio(engine.channel().await, &samples, 16_000, &StreamOptions::default(), |_| {})
-        .await
-        .unwrap();
+    let report = client::stream_audio(
+        engine.channel().await,
+        &samples,
+        16_000,
+        &StreamOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert!(report.error.is_none());
     let hypothesis = report.final_text();
     let errors = word_errors(&reference, &hypothesis);
-    println!("long stream: {errors:?} WER {:.1}%\n{hypothesis}", 100.0 * errors.rate());
+    println!(
+        "long stream: {errors:?} WER {:.1}%\n{hypothesis}",
+        100.0 * errors.rate()
+    );
     assert!(errors.rate() < MAX_WER, "WER {:.3}", errors.rate());
     // Dropped or repeated sentences show up as runs of deletions or insertions.
-    assert!(errors.deletions <= reference.split(' ').count() / 25, "{errors:?}");
-    assert!(errors.insertions <= reference.split(' ').count() / 25, "{errors:?}");
+    assert!(
+        errors.deletions <= reference.split(' ').count() / 25,
+        "{errors:?}"
+    );
+    assert!(
+        errors.insertions <= reference.split(' ').count() / 25,
+        "{errors:?}"
+    );
     let segments: Vec<i32> = report.finals().map(|f| f.segment_index).collect();
-    assert!(segments.windows(2).all(|w| w[1] > w[0]), "segments increase: {segments:?}");
+    assert!(
+        segments.windows(2).all(|w| w[1] > w[0]),
+        "segments increase: {segments:?}"
+    );
     let spans: Vec<(i64, i64)> = report.finals().map(|f| (f.start_ms, f.end_ms)).collect();
     assert!(
         spans.windows(2).all(|w| w[1].0 >= w[0].1),
@@ -213,7 +253,11 @@ async fn rejects_bad_input_with_invalid_argument_naming_the_problem() {
         ("stereo", vec![config(16_000, 2, "PCM_INT16")], "mono"),
         ("unknown encoding", vec![config(16_000, 1, "MP3")], "MP3"),
         ("rate too low", vec![config(7_999, 1, "PCM_INT16")], "7999"),
-        ("rate too high", vec![config(96_000, 1, "PCM_INT16")], "96000"),
+        (
+            "rate too high",
+            vec![config(96_000, 1, "PCM_INT16")],
+            "96000",
+        ),
         ("no rate", vec![config(0, 1, "PCM_INT16")], "sample_rate"),
         (
             "odd byte count",
@@ -227,12 +271,18 @@ async fn rejects_bad_input_with_invalid_argument_naming_the_problem() {
         ),
         (
             "float32 NaN",
-            vec![config(16_000, 1, "FLOAT32"), audio(f32::NAN.to_le_bytes().to_vec())],
+            vec![
+                config(16_000, 1, "FLOAT32"),
+                audio(f32::NAN.to_le_bytes().to_vec()),
+            ],
             "NaN",
         ),
         (
             "config repeated",
-            vec![config(16_000, 1, "PCM_INT16"), config(16_000, 1, "PCM_INT16")],
+            vec![
+                config(16_000, 1, "PCM_INT16"),
+                config(16_000, 1, "PCM_INT16"),
+            ],
             "first request",
         ),
         (
@@ -268,7 +318,12 @@ async fn rejects_bad_input_with_invalid_argument_naming_the_problem() {
         );
     }
     // The engine is still healthy afterwards.
-    let report = stream_file(&engine, "ls_1089-134691-0001.wav", &StreamOptions::default()).await;
+    let report = stream_file(
+        &engine,
+        "ls_1089-134691-0001.wav",
+        &StreamOptions::default(),
+    )
+    .await;
     assert!(report.error.is_none());
     assert!(!report.final_text().is_empty());
 }
@@ -281,14 +336,22 @@ async fn silence_produces_no_text() {
     // Faint noise, as a quiet room gives.
     let faint_noise: Vec<f32> = (0..16_000 * 6)
         .map(|_| {
-            noise_state = noise_state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            noise_state = noise_state
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
             ((noise_state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.002
         })
         .collect();
     for samples in [silence, faint_noise] {
-        let report = client::stream_audio(engine.channel().await, &samples, 16_000, &StreamOptions::default(), |_| {})
-            .await
-            .unwrap();
+        let report = client::stream_audio(
+            engine.channel().await,
+            &samples,
+            16_000,
+            &StreamOptions::default(),
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert!(report.error.is_none());
         let texts: Vec<&str> = report
             .responses
@@ -360,7 +423,10 @@ async fn finalize_turns_what_was_heard_into_a_final_at_once() {
 async fn refuses_streams_beyond_max_sessions_at_once() {
     let engine = EngineProcess::start(&["--max-sessions", "1"]).await;
     let (held_sender, held_receiver) = mpsc::channel(4);
-    held_sender.send(config(16_000, 1, "PCM_INT16")).await.unwrap();
+    held_sender
+        .send(config(16_000, 1, "PCM_INT16"))
+        .await
+        .unwrap();
     let mut first_client = SpeechToTextClient::new(engine.channel().await);
     let _held = first_client
         .streaming_recognize(ReceiverStream::new(held_receiver))
@@ -369,7 +435,10 @@ async fn refuses_streams_beyond_max_sessions_at_once() {
     let started = std::time::Instant::now();
     let status = send_raw(&engine, vec![config(16_000, 1, "PCM_INT16")]).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "refused without queueing");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused without queueing"
+    );
     drop(held_sender);
 }
 
@@ -393,7 +462,10 @@ async fn sigterm_flushes_streams_in_flight_and_exits() {
     let status = report.error.as_ref().expect("stream ends with a status");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let text = report.final_text().to_lowercase();
-    assert!(text.contains("fellow americans"), "words heard before SIGTERM are kept: {text}");
+    assert!(
+        text.contains("fellow americans"),
+        "words heard before SIGTERM are kept: {text}"
+    );
     let (exit, took) = engine.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
     println!("engine exited {took:?} after the stream ended");

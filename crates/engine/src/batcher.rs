@@ -141,7 +141,11 @@ impl ReadyQueue {
     fn take_batch(&mut self, max_batch: usize, stats: &BatcherStats) -> Vec<Job> {
         let mut batch = Vec::with_capacity(max_batch);
         while batch.len() < max_batch {
-            let Some(job) = self.finals.pop_front().or_else(|| self.partials.pop_front()) else {
+            let Some(job) = self
+                .finals
+                .pop_front()
+                .or_else(|| self.partials.pop_front())
+            else {
                 break;
             };
             if job.reply.is_closed() {
@@ -278,10 +282,12 @@ mod tests {
         }
     }
 
+    type Recorded = Arc<Mutex<Vec<Vec<f32>>>>;
+
     fn recording(
         max_batch: usize,
         max_wait: Duration,
-    ) -> (BatcherHandle, Arc<Mutex<Vec<Vec<f32>>>>, mpsc::Receiver<Job>, BatchPolicy) {
+    ) -> (BatcherHandle, Recorded, mpsc::Receiver<Job>, BatchPolicy) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let policy = BatchPolicy {
             max_batch,
@@ -312,7 +318,11 @@ mod tests {
     fn gathers_ready_windows_into_one_call_up_to_max_batch() {
         let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(50));
         let replies: Vec<_> = (0..6)
-            .map(|id| handle.submit(request(id as f32), Priority::Partial).unwrap())
+            .map(|id| {
+                handle
+                    .submit(request(id as f32), Priority::Partial)
+                    .unwrap()
+            })
             .collect();
         let thread = start(&batches, receiver, policy, handle.stats.clone());
         for (id, reply) in replies.into_iter().enumerate() {
@@ -375,7 +385,11 @@ mod tests {
     fn refuses_when_the_queue_is_full() {
         let (handle, _batches, _receiver, _policy) = recording(1, Duration::from_millis(1));
         let _held: Vec<_> = (0..16)
-            .map(|id| handle.submit(request(id as f32), Priority::Partial).unwrap())
+            .map(|id| {
+                handle
+                    .submit(request(id as f32), Priority::Partial)
+                    .unwrap()
+            })
             .collect();
         assert!(matches!(
             handle.submit(request(99.0), Priority::Final),

@@ -96,7 +96,8 @@ pub async fn stream_audio(
 ) -> Result<StreamReport, Status> {
     let chunk_samples =
         ((options.chunk.as_secs_f64() * f64::from(sample_rate)).round() as usize).max(1);
-    let silence = vec![0.0f32; (options.trailing_silence.as_secs_f64() * f64::from(sample_rate)) as usize];
+    let silence =
+        vec![0.0f32; (options.trailing_silence.as_secs_f64() * f64::from(sample_rate)) as usize];
     let audio: Vec<f32> = samples.iter().copied().chain(silence).collect();
     let started_at = Instant::now();
     let chunks_sent = Arc::new(Mutex::new(Vec::new()));
@@ -129,7 +130,7 @@ pub async fn stream_audio(
                 tokio::time::sleep_until((started_at + audio_end.div_f64(pace)).into()).await;
             }
             let request = StreamingRecognizeRequest {
-                audio_content: pcm::encode_pcm16(chunk).into(),
+                audio_content: pcm::encode_pcm16(chunk),
                 ..Default::default()
             };
             if sender.send(request).await.is_err() {
@@ -140,7 +141,9 @@ pub async fn stream_audio(
                 .expect("no panics while holding the lock")
                 .push((audio_end, Instant::now()));
         }
-        *sender_done.lock().expect("no panics while holding the lock") = Some(Instant::now());
+        *sender_done
+            .lock()
+            .expect("no panics while holding the lock") = Some(Instant::now());
     });
 
     let mut client = SpeechToTextClient::new(channel);

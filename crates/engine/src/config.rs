@@ -48,7 +48,9 @@ pub enum ConfigError {
     Chunk(Duration),
     #[error("endpoint silence of {0:?} is outside the allowed 100 ms to 5000 ms")]
     Endpoint(Duration),
-    #[error("max utterance of {0:?} is outside the allowed 2 s to 28 s (Whisper sees at most 30 s)")]
+    #[error(
+        "max utterance of {0:?} is outside the allowed 2 s to 28 s (Whisper sees at most 30 s)"
+    )]
     MaxUtterance(Duration),
     #[error("max batch must be at least 1")]
     MaxBatch,

@@ -13,9 +13,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::batcher::{BatchPolicy, BatcherStats, Priority, spawn_batcher};
-use tokio_util::sync::CancellationToken;
 use crate::config::EngineConfig;
 use crate::service::{EngineState, SpeechService};
+use tokio_util::sync::CancellationToken;
 
 /// The name the health service reports on, as in the proto.
 pub const SERVICE_NAME: &str = "stt.SpeechToText";
@@ -76,7 +76,12 @@ impl RunningEngine {
         };
         let (batcher, recognizer_thread) =
             spawn_batcher(recognizer, policy).map_err(EngineError::Thread)?;
-        let state = Arc::new(EngineState::new(config.clone(), batcher, mel_filters, n_mels));
+        let state = Arc::new(EngineState::new(
+            config.clone(),
+            batcher,
+            mel_filters,
+            n_mels,
+        ));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::NotServing).await;

@@ -174,8 +174,7 @@ impl StreamTask {
             session.finalize();
         }
 
-        let mut in_flight: Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)> =
-            None;
+        let mut in_flight: Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)> = None;
         let mut input_open = true;
         let mut shutting_down = false;
         loop {

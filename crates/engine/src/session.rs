@@ -11,8 +11,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use earshot_audio::vad::{EndpointConfig, EndpointEvent, Endpointer, VAD_FRAME_SAMPLES, VoiceActivityDetector};
 use earshot_audio::resample::StreamResampler;
+use earshot_audio::vad::{
+    EndpointConfig, EndpointEvent, Endpointer, VAD_FRAME_SAMPLES, VoiceActivityDetector,
+};
 use earshot_audio::{AudioError, AudioFormat, TARGET_SAMPLE_RATE, pcm};
 use earshot_model::mel::{HOP_LENGTH, LogMelStream};
 use earshot_model::{RecognitionRequest, Transcript};
@@ -273,7 +275,11 @@ impl Session {
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(self.heard_frames(), |(mel_frame, _)| mel_frame);
         let segment = utterance.segment;
-        tracing::debug!(segment, cut_frame = cut, "utterance reached max length; cutting");
+        tracing::debug!(
+            segment,
+            cut_frame = cut,
+            "utterance reached max length; cutting"
+        );
         self.close_utterance(cut, false);
         // Speech goes on: the next utterance starts exactly at the cut.
         self.utterance = Some(OpenUtterance {
@@ -522,7 +528,10 @@ mod tests {
             prefix_agreement(&words("hello world"), &words("hello world again")),
             2.0 / 3.0
         );
-        assert_eq!(prefix_agreement(&words("hello there"), &words("hello world")), 0.5);
+        assert_eq!(
+            prefix_agreement(&words("hello there"), &words("hello world")),
+            0.5
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn workspace_root() -> PathBuf {
 
 /// The recordings shipped with the repository.
 pub fn fixtures_dir() -> PathBuf {
-    workspace_root().join("tests").join("fixtures").join("speech")
+    workspace_root()
+        .join("tests")
+        .join("fixtures")
+        .join("speech")
 }
 
 /// The full shared corpus (`$EARSHOT_SPEECH_DIR`, else `../shared/speech`), if present.

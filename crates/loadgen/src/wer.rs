@@ -7,7 +7,13 @@ pub fn normalise(text: &str) -> Vec<String> {
     let mut words = Vec::new();
     let spaced: String = text
         .chars()
-        .map(|c| if c == '-' || c == '—' || c == '–' || c == '/' { ' ' } else { c })
+        .map(|c| {
+            if c == '-' || c == '—' || c == '–' || c == '/' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     for raw in spaced.split_whitespace() {
         let lower = raw.to_lowercase();
@@ -53,7 +59,10 @@ fn abbreviation(word: &str) -> Option<&'static str> {
 /// Splits a token like "1455," or "10%" into spelled-out number words and a suffix word.
 fn split_number(token: &str) -> (Option<Vec<String>>, Option<String>) {
     let trimmed = token.trim_matches(|c: char| !c.is_alphanumeric() && c != '%');
-    let digits: String = trimmed.chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+    let digits: String = trimmed
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .collect();
     let digits_only: String = digits.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits_only.is_empty() || digits_only.len() > 12 {
         return (None, None);
@@ -69,18 +78,19 @@ fn split_number(token: &str) -> (Option<Vec<String>>, Option<String>) {
         return (None, None);
     };
     let ordinal = matches!(rest, "th" | "st" | "nd" | "rd");
-    let mut words = if !digits.contains(',') && (1100..2000).contains(&value) && value % 100 != 0 && !ordinal {
-        // Years are read in pairs: 1455 -> fourteen fifty five.
-        let mut pair = spell(value / 100);
-        let low = value % 100;
-        if low < 10 {
-            pair.push("o".into());
-        }
-        pair.extend(spell(low));
-        pair
-    } else {
-        spell(value)
-    };
+    let mut words =
+        if !digits.contains(',') && (1100..2000).contains(&value) && value % 100 != 0 && !ordinal {
+            // Years are read in pairs: 1455 -> fourteen fifty five.
+            let mut pair = spell(value / 100);
+            let low = value % 100;
+            if low < 10 {
+                pair.push("o".into());
+            }
+            pair.extend(spell(low));
+            pair
+        } else {
+            spell(value)
+        };
     if ordinal && let Some(last) = words.pop() {
         words.push(ordinalise(&last));
     }
@@ -102,8 +112,25 @@ fn ordinalise(word: &str) -> String {
 }
 
 const ONES: [&str; 20] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
     "nineteen",
 ];
 const TENS: [&str; 10] = [
@@ -116,7 +143,7 @@ fn spell(value: u64) -> Vec<String> {
     }
     if value < 100 {
         let mut words = vec![TENS[(value / 10) as usize].to_string()];
-        if value % 10 != 0 {
+        if !value.is_multiple_of(10) {
             words.push(ONES[(value % 10) as usize].to_string());
         }
         return words;
@@ -130,7 +157,7 @@ fn spell(value: u64) -> Vec<String> {
         if value >= scale {
             let mut words = spell(value / scale);
             words.push(name.to_string());
-            if value % scale != 0 {
+            if !value.is_multiple_of(scale) {
                 words.extend(spell(value % scale));
             }
             return words;
@@ -243,7 +270,10 @@ mod tests {
 
     #[test]
     fn numbers_and_abbreviations_match_spelled_out_references() {
-        assert_eq!(word_errors("GO FORWARD TEN METERS", "Go forward 10 meters.").errors(), 0);
+        assert_eq!(
+            word_errors("GO FORWARD TEN METERS", "Go forward 10 meters.").errors(),
+            0
+        );
         assert_eq!(
             word_errors("AND MISTER JOHN DASHWOOD", "And Mr. John Dashwood").errors(),
             0
@@ -252,15 +282,24 @@ mod tests {
             word_errors("OF ABOUT FOURTEEN FIFTY FIVE", "of about 1455.").errors(),
             0
         );
-        assert_eq!(word_errors("FORTY TWO LINE BIBLE", "42-line Bible").errors(), 0);
-        assert_eq!(word_errors("THE FIFTEENTH CENTURY", "the 15th century").errors(), 0);
+        assert_eq!(
+            word_errors("FORTY TWO LINE BIBLE", "42-line Bible").errors(),
+            0
+        );
+        assert_eq!(
+            word_errors("THE FIFTEENTH CENTURY", "the 15th century").errors(),
+            0
+        );
         // British "and" inside numbers is one deletion, not a mismatch of every word.
         assert_eq!(word_errors("TWO THOUSAND AND EIGHT", "2008").errors(), 1);
     }
 
     #[test]
     fn keeps_in_word_apostrophes() {
-        assert_eq!(normalise("Nation's future, don't"), vec!["nation's", "future", "don't"]);
+        assert_eq!(
+            normalise("Nation's future, don't"),
+            vec!["nation's", "future", "don't"]
+        );
     }
 
     #[test]

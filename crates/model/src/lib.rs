@@ -99,7 +99,10 @@ pub fn default_model_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("earshot").join("models").join(DEFAULT_MODEL_NAME)
+    cache
+        .join("earshot")
+        .join("models")
+        .join(DEFAULT_MODEL_NAME)
 }
 
 /// The best device this build can use: the first CUDA GPU with the `cuda` feature, else the CPU.

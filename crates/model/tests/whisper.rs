@@ -9,9 +9,8 @@ use earshot_model::{RecognitionRequest, Recognizer, WhisperRecognizer};
 
 fn load() -> WhisperRecognizer {
     let dir = earshot_model::default_model_dir();
-    WhisperRecognizer::load(&dir, &candle_core::Device::Cpu).unwrap_or_else(|err| {
-        panic!("{err} (the README's test command installs the model first)")
-    })
+    WhisperRecognizer::load(&dir, &candle_core::Device::Cpu)
+        .unwrap_or_else(|err| panic!("{err} (the README's test command installs the model first)"))
 }
 
 fn request(samples: &[f32], n_mels: usize) -> RecognitionRequest {
@@ -63,7 +62,10 @@ fn transcribes_bundled_recordings_in_one_batch() {
             assert!(pair[1].start >= pair[0].start, "{:?}", transcript.words);
         }
         let last = transcript.words.last().unwrap();
-        assert!(last.end.as_secs_f32() <= duration + 0.1, "{last:?} beyond {duration}s");
+        assert!(
+            last.end.as_secs_f32() <= duration + 0.1,
+            "{last:?} beyond {duration}s"
+        );
     }
     println!("overall WER {:.1}%", 100.0 * total.rate());
     assert!(total.rate() < 0.10, "offline WER {:.3}", total.rate());
@@ -83,7 +85,9 @@ fn batching_does_not_change_the_text() {
         .collect();
     let batched = recognizer.recognize_batch(&requests).unwrap();
     for (request, batched) in requests.iter().zip(&batched) {
-        let single = recognizer.recognize_batch(std::slice::from_ref(request)).unwrap();
+        let single = recognizer
+            .recognize_batch(std::slice::from_ref(request))
+            .unwrap();
         assert_eq!(single[0].text, batched.text);
     }
 }

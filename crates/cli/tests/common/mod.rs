@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use earshot_loadgen::corpus::{self, Recording};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 pub fn earshot_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_earshot"))
@@ -39,7 +39,10 @@ impl EngineProcess {
             .args(["engine", "--listen", "127.0.0.1:0", "--model"])
             .arg(model_dir())
             .args(extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -107,7 +110,10 @@ impl EngineProcess {
             if let Some(status) = self.child.try_wait().expect("poll the engine") {
                 return (status, started.elapsed());
             }
-            assert!(started.elapsed() < limit, "engine did not exit within {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "engine did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -205,7 +205,10 @@ mod tests {
         let spans = word_spans(&matrix, n_rows, n_positions, &[1, 1, 1]);
         assert_eq!(spans.len(), 3);
         for pair in spans.windows(2) {
-            assert!(pair[1].0 >= pair[0].0, "starts must not go backwards: {spans:?}");
+            assert!(
+                pair[1].0 >= pair[0].0,
+                "starts must not go backwards: {spans:?}"
+            );
         }
         assert!(spans[1].0 > spans[0].0);
     }

@@ -307,7 +307,7 @@ impl WhisperRecognizer {
                     .trim_start_matches('Ġ')
                     .chars()
                     .all(|c| c.is_ascii_punctuation());
-            if opens_word && !(is_punctuation && !words.is_empty()) {
+            if opens_word && (words.is_empty() || !is_punctuation) {
                 words.push(vec![idx]);
             } else if let Some(word) = words.last_mut() {
                 word.push(idx);

@@ -383,7 +383,11 @@ pub(crate) fn argmax(values: &[f32]) -> usize {
         .iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |(best_idx, best), (idx, &value)| {
-            if value > best { (idx, value) } else { (best_idx, best) }
+            if value > best {
+                (idx, value)
+            } else {
+                (best_idx, best)
+            }
         })
         .0
 }
