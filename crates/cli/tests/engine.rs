@@ -10,6 +10,7 @@ use earshot_engine::client::{self, StreamOptions, StreamReport};
 use earshot_loadgen::wer::{WordErrors, word_errors};
 use earshot_proto::speech_to_text_client::SpeechToTextClient;
 use earshot_proto::{AudioConfig, RecognitionConfig, ResponseKind, StreamingRecognizeRequest};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -469,4 +470,77 @@ async fn sigterm_flushes_streams_in_flight_and_exits() {
     let (exit, took) = engine.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
     println!("engine exited {took:?} after the stream ended");
+}
+
+#[tokio::test]
+async fn shared_corpus_word_error_rate_by_group() {
+    let Some(dir) = earshot_loadgen::corpus::shared_dir() else {
+        println!("shared speech corpus not found (../shared/speech): skipping the full WER suite");
+        return;
+    };
+    let engine = EngineProcess::start(&[]).await;
+    let recordings = earshot_loadgen::corpus::load(&dir).unwrap();
+    assert!(!recordings.is_empty());
+    // A few streams at a time, each as fast as the engine takes it.
+    let results: Vec<_> = futures::stream::iter(recordings.iter().map(|recording| {
+        let engine = &engine;
+        async move {
+            let audio = earshot_audio::wav::read_wav(&recording.path).unwrap();
+            let report = client::stream_audio(
+                engine.channel().await,
+                &audio.samples,
+                audio.sample_rate,
+                &StreamOptions::default(),
+                |_| {},
+            )
+            .await
+            .unwrap();
+            (recording, report)
+        }
+    }))
+    .buffer_unordered(4)
+    .collect()
+    .await;
+    let mut by_group: std::collections::BTreeMap<String, WordErrors> = Default::default();
+    let mut total = WordErrors::default();
+    for (recording, report) in &results {
+        assert!(
+            report.error.is_none(),
+            "{}: {:?}",
+            recording.name,
+            report.error
+        );
+        let errors = word_errors(&recording.reference, &report.final_text());
+        println!(
+            "{:>42}  WER {:5.1}%  {errors:?}",
+            recording.name,
+            100.0 * errors.rate()
+        );
+        if recording.name.starts_with("long_") {
+            // Long streams: no sentence dropped or repeated at utterance boundaries.
+            let n = errors.reference_words;
+            assert!(errors.deletions * 20 <= n, "{}: {errors:?}", recording.name);
+            assert!(
+                errors.insertions * 20 <= n,
+                "{}: {errors:?}",
+                recording.name
+            );
+        }
+        *by_group.entry(recording.group().to_string()).or_default() =
+            by_group.get(recording.group()).copied().unwrap_or_default() + errors;
+        total = total + errors;
+    }
+    for (group, errors) in &by_group {
+        println!(
+            "group {group:>6}: WER {:5.1}% over {} words",
+            100.0 * errors.rate(),
+            errors.reference_words
+        );
+    }
+    println!(
+        "overall WER {:.1}% over {} words",
+        100.0 * total.rate(),
+        total.reference_words
+    );
+    assert!(total.rate() < MAX_WER, "WER {:.3}", total.rate());
 }

@@ -1,8 +1,12 @@
 //! Word error rate, after normalising both sides the same way (case, punctuation, numbers and
 //! common abbreviations), as Whisper's English normaliser does for scoring.
 
-/// Lower-cases, drops punctuation (keeping in-word apostrophes), splits hyphenated words and
-/// spells out numbers and common abbreviations, returning the words.
+/// Hesitations that references and models transcribe inconsistently; Whisper's normaliser drops
+/// them on both sides too.
+const FILLERS: [&str; 7] = ["um", "uh", "hmm", "mm", "mhm", "mmm", "er"];
+
+/// Lower-cases, drops punctuation (keeping in-word apostrophes) and hesitations, splits
+/// hyphenated words and spells out numbers and common abbreviations, returning the words.
 pub fn normalise(text: &str) -> Vec<String> {
     let mut words = Vec::new();
     let spaced: String = text
@@ -35,7 +39,7 @@ pub fn normalise(text: &str) -> Vec<String> {
             .filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '’')
             .map(|c| if c == '’' { '\'' } else { c })
             .collect();
-        if !cleaned.is_empty() {
+        if !cleaned.is_empty() && !FILLERS.contains(&cleaned.as_str()) {
             words.push(cleaned);
         }
     }
@@ -292,6 +296,14 @@ mod tests {
         );
         // British "and" inside numbers is one deletion, not a mismatch of every word.
         assert_eq!(word_errors("TWO THOUSAND AND EIGHT", "2008").errors(), 1);
+    }
+
+    #[test]
+    fn hesitations_are_ignored() {
+        assert_eq!(
+            word_errors("BUT UM MONTREAL UH", "But Montreal.").errors(),
+            0
+        );
     }
 
     #[test]

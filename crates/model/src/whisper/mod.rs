@@ -395,12 +395,17 @@ struct GreedyOutput {
     stopped_by_loop_guard: bool,
 }
 
-/// Detects the decoder looping: the same n-gram (n = 1..=12) at the end three times in a row
-/// (five for single tokens, which real speech repeats: "words words words words"). Drops the
-/// repeats, keeping one occurrence, and returns true.
+/// Detects the decoder looping: the same n-gram repeated at the end. Long n-grams (a phrase or
+/// sentence, 8 to 64 tokens) count after two occurrences, short ones after three, and single
+/// tokens after five (real speech does say "words words words words"). Drops the repeats,
+/// keeping one occurrence, and returns true.
 fn truncate_repetition(tokens: &mut Vec<u32>, probs: &mut Vec<f32>) -> bool {
-    for n in 1..=12usize {
-        let repeats = if n == 1 { 5 } else { 3 };
+    for n in 1..=64usize {
+        let repeats = match n {
+            1 => 5,
+            2..=7 => 3,
+            _ => 2,
+        };
         if tokens.len() < n * repeats {
             continue;
         }
@@ -500,6 +505,17 @@ mod tests {
         probs.push(0.9);
         assert!(truncate_repetition(&mut tokens, &mut probs));
         assert_eq!(tokens, vec![7, 9]);
+    }
+
+    #[test]
+    fn repetition_guard_stops_a_repeated_sentence() {
+        let sentence: Vec<u32> = (100..115).collect();
+        let mut tokens: Vec<u32> = vec![1, 2];
+        tokens.extend(&sentence);
+        tokens.extend(&sentence);
+        let mut probs = vec![0.9; tokens.len()];
+        assert!(truncate_repetition(&mut tokens, &mut probs));
+        assert_eq!(tokens.len(), 2 + sentence.len());
     }
 
     #[test]
