@@ -7,5 +7,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["../../proto/stt.proto"],
         &["../../proto"],
     )?;
+    println!("cargo:rerun-if-changed=../../proto/stt.proto");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use earshot_audio::AudioFormat;
 use earshot_proto::speech_to_text_server::SpeechToText;
 use earshot_proto::{
-    ResponseKind, StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
+    EngineEvent, ResponseKind, StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -282,6 +282,7 @@ impl StreamTask {
             max_utterance: defaults.max_utterance,
             interim_results: true,
             voice_activity_events: false,
+            engine_events: false,
         };
         let Some(config) = &first.recognition_config else {
             return Ok(settings);
@@ -314,6 +315,7 @@ impl StreamTask {
         }
         settings.interim_results = config.interim_results.unwrap_or(true);
         settings.voice_activity_events = config.voice_activity_events;
+        settings.engine_events = config.engine_events;
         Ok(settings)
     }
 
@@ -384,6 +386,14 @@ fn to_response(
         SessionOutput::SpeechEnded { at } => StreamingRecognizeResponse {
             kind: ResponseKind::SpeechEnded as i32,
             event_ms: ms(at),
+            ..base
+        },
+        SessionOutput::EngineEvent { code, message } => StreamingRecognizeResponse {
+            kind: ResponseKind::EngineEvent as i32,
+            engine_event: Some(EngineEvent {
+                code: code.to_string(),
+                message,
+            }),
             ..base
         },
         SessionOutput::Result(result) => StreamingRecognizeResponse {

@@ -41,14 +41,24 @@ pub struct SessionSettings {
     pub max_utterance: Duration,
     pub interim_results: bool,
     pub voice_activity_events: bool,
+    pub engine_events: bool,
 }
 
 /// What the session tells its client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionOutput {
-    SpeechStarted { at: Duration },
-    SpeechEnded { at: Duration },
+    SpeechStarted {
+        at: Duration,
+    },
+    SpeechEnded {
+        at: Duration,
+    },
     Result(RecognitionResult),
+    /// A non-fatal notice; `code` is stable and machine-readable.
+    EngineEvent {
+        code: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +290,16 @@ impl Session {
             cut_frame = cut,
             "utterance reached max length; cutting"
         );
+        if self.settings.engine_events {
+            self.outputs.push(SessionOutput::EngineEvent {
+                code: "utterance_split",
+                message: format!(
+                    "speech went on for {:?} without a pause; segment {segment} was cut at {:?}",
+                    self.settings.max_utterance,
+                    mel_frames_to_duration(cut)
+                ),
+            });
+        }
         self.close_utterance(cut, false);
         // Speech goes on: the next utterance starts exactly at the cut.
         self.utterance = Some(OpenUtterance {
@@ -403,6 +423,15 @@ impl Session {
             return;
         };
         debug_assert_eq!(pending.segment, ticket.segment);
+        if transcript.stopped_by_loop_guard && self.settings.engine_events {
+            self.outputs.push(SessionOutput::EngineEvent {
+                code: "repetition_removed",
+                message: format!(
+                    "the model repeated itself in segment {}; the repeats were removed",
+                    ticket.segment
+                ),
+            });
+        }
         if transcript.text.is_empty() && !pending.from_finalize && !pending.partials_sent {
             return;
         }
@@ -519,6 +548,250 @@ fn mel_frames_to_duration(frames: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use earshot_audio::Encoding;
+    use earshot_model::mel::mel_filters;
+
+    const N_MELS: usize = 80;
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            chunk: Duration::from_millis(300),
+            endpoint_silence: Duration::from_millis(500),
+            max_utterance: Duration::from_secs(15),
+            interim_results: true,
+            voice_activity_events: true,
+            engine_events: true,
+        }
+    }
+
+    fn session(settings: SessionSettings) -> Session {
+        let format = AudioFormat {
+            sample_rate: 16_000,
+            encoding: Encoding::PcmInt16,
+        };
+        Session::new(format, settings, Arc::from(mel_filters(N_MELS)), N_MELS).unwrap()
+    }
+
+    fn jfk() -> Vec<f32> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/speech/wav/jfk.wav");
+        earshot_audio::wav::read_wav(&path).unwrap().samples
+    }
+
+    /// Answers every due window at once with a deterministic text naming its length in frames.
+    fn answer_all(session: &mut Session) -> Vec<DecodeTicket> {
+        let mut answered = Vec::new();
+        while let Some((ticket, request)) = session.next_window() {
+            let transcript = request.map(|request| Transcript {
+                text: format!("window of {} frames", request.raw_log_mel.len() / N_MELS),
+                confidence: 0.9,
+                ..Default::default()
+            });
+            answered.push(ticket.clone());
+            session.finish(ticket, transcript);
+        }
+        answered
+    }
+
+    /// Streams `samples` in 100 ms chunks, answering windows as they come due.
+    fn stream(session: &mut Session, samples: &[f32]) -> Vec<DecodeTicket> {
+        let mut answered = Vec::new();
+        for chunk in samples.chunks(1600) {
+            session.push_audio(&pcm::encode_pcm16(chunk)).unwrap();
+            answered.extend(answer_all(session));
+        }
+        answered
+    }
+
+    fn results(outputs: &[SessionOutput]) -> Vec<&RecognitionResult> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                SessionOutput::Result(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silence_is_never_decoded() {
+        let mut session = session(settings());
+        let answered = stream(&mut session, &vec![0.0; 16_000 * 5]);
+        session.end_of_stream();
+        assert!(answer_all(&mut session).is_empty());
+        assert!(answered.is_empty());
+        assert!(session.is_drained());
+        assert!(session.take_outputs().is_empty());
+    }
+
+    #[test]
+    fn speech_gets_partials_then_contiguous_finals() {
+        let mut session = session(settings());
+        let mut audio = jfk();
+        audio.extend(vec![0.0; 16_000]);
+        let answered = stream(&mut session, &audio);
+        session.end_of_stream();
+        answer_all(&mut session);
+        let outputs = session.take_outputs();
+        let results = results(&outputs);
+        let finals: Vec<_> = results.iter().filter(|r| r.is_final).collect();
+        assert!(finals.len() >= 2, "jfk.wav has pauses: {finals:?}");
+        for pair in finals.windows(2) {
+            assert!(pair[1].start >= pair[0].end, "finals overlap: {pair:?}");
+            assert!(pair[1].segment > pair[0].segment);
+        }
+        assert!(finals[0].start < Duration::from_millis(600));
+        assert!(finals.last().unwrap().end > Duration::from_millis(10_000));
+        // Every final was preceded by at least one partial of its segment.
+        for final_result in &finals {
+            assert!(
+                results
+                    .iter()
+                    .any(|r| !r.is_final && r.segment == final_result.segment),
+                "no partial for segment {}",
+                final_result.segment
+            );
+        }
+        // Partials of one utterance grow by at least one chunk each time.
+        let partial_ends: Vec<_> = answered
+            .iter()
+            .filter(|t| t.priority == Priority::Partial)
+            .collect();
+        for pair in partial_ends.windows(2) {
+            if pair[0].segment == pair[1].segment {
+                assert!(pair[1].end_frame >= pair[0].end_frame + 30);
+            }
+        }
+        let started = outputs
+            .iter()
+            .filter(|o| matches!(o, SessionOutput::SpeechStarted { .. }))
+            .count();
+        let ended = outputs
+            .iter()
+            .filter(|o| matches!(o, SessionOutput::SpeechEnded { .. }))
+            .count();
+        assert_eq!(started, ended);
+        assert_eq!(started, finals.len());
+    }
+
+    #[test]
+    fn long_speech_is_cut_at_max_utterance_without_gaps() {
+        let mut session = session(SessionSettings {
+            max_utterance: Duration::from_secs(2),
+            endpoint_silence: Duration::from_millis(2000),
+            ..settings()
+        });
+        stream(&mut session, &jfk());
+        session.end_of_stream();
+        answer_all(&mut session);
+        let outputs = session.take_outputs();
+        let finals: Vec<_> = results(&outputs)
+            .into_iter()
+            .filter(|r| r.is_final)
+            .collect();
+        assert!(finals.len() >= 4, "{finals:?}");
+        assert!(outputs.iter().any(
+            |o| matches!(o, SessionOutput::EngineEvent { code, .. } if *code == "utterance_split")
+        ));
+        for result in &finals {
+            assert!(
+                result.end - result.start <= Duration::from_millis(2100),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn finalize_without_speech_is_answered_by_an_empty_final() {
+        let mut session = session(settings());
+        stream(&mut session, &vec![0.0; 16_000]);
+        session.finalize();
+        answer_all(&mut session);
+        let outputs = session.take_outputs();
+        let results = results(&outputs);
+        assert_eq!(results.len(), 1);
+        assert!(results[0].is_final && results[0].from_finalize && results[0].text.is_empty());
+    }
+
+    #[test]
+    fn finalize_mid_speech_closes_the_utterance_at_once() {
+        let mut session = session(settings());
+        stream(&mut session, &jfk()[..16_000 * 5]);
+        session.take_outputs();
+        session.finalize();
+        answer_all(&mut session);
+        let outputs = session.take_outputs();
+        let finals: Vec<_> = results(&outputs)
+            .into_iter()
+            .filter(|r| r.is_final)
+            .collect();
+        let answer = finals.last().expect("a final");
+        assert!(answer.from_finalize);
+        assert!(!answer.text.is_empty());
+        assert!(answer.end >= Duration::from_millis(4_900));
+    }
+
+    #[test]
+    fn a_partial_arriving_after_its_final_is_dropped() {
+        let mut session = session(settings());
+        let audio = jfk();
+        // Speak until a partial is due, but hold its answer back.
+        let mut held = None;
+        for chunk in audio.chunks(1600) {
+            session.push_audio(&pcm::encode_pcm16(chunk)).unwrap();
+            if let Some((ticket, _)) = session.next_window() {
+                held = Some(ticket);
+                break;
+            }
+        }
+        let held = held.expect("a partial came due");
+        assert_eq!(held.priority, Priority::Partial);
+        session.finalize();
+        session.take_outputs();
+        session.finish(
+            held,
+            Some(Transcript {
+                text: "late".into(),
+                ..Default::default()
+            }),
+        );
+        assert!(results(&session.take_outputs()).is_empty());
+    }
+
+    #[test]
+    fn unanswered_finals_make_the_stream_stop_reading() {
+        let mut session = session(settings());
+        let audio = jfk();
+        for _ in 0..MAX_PENDING_FINALS {
+            for chunk in audio[..16_000 * 2].chunks(1600) {
+                session.push_audio(&pcm::encode_pcm16(chunk)).unwrap();
+            }
+            session.finalize();
+        }
+        assert!(session.is_backlogged());
+        answer_all(&mut session);
+        assert!(!session.is_backlogged());
+    }
+
+    #[test]
+    fn memory_stays_bounded_over_a_long_silence() {
+        let mut session = session(settings());
+        let chunk = pcm::encode_pcm16(&[0.0; 1600]);
+        for _ in 0..10 * 60 * 10 {
+            session.push_audio(&chunk).unwrap();
+        }
+        let retained = session.mel.frames_computed() - session.mel.first_retained_frame();
+        assert!(
+            retained <= duration_to_mel_frames(IDLE_HISTORY) + 10,
+            "{retained}"
+        );
+    }
+
+    #[test]
+    fn rejects_audio_that_is_not_whole_samples() {
+        let mut session = session(settings());
+        assert!(session.push_audio(&[0, 0, 0]).is_err());
+    }
 
     #[test]
     fn stability_is_the_share_of_words_already_agreed() {

@@ -265,11 +265,15 @@ mod tests {
 
     #[test]
     fn counts_substitutions_deletions_and_insertions() {
-        let errors = word_errors("the cat sat on the mat", "the bat sat on mat today");
-        assert_eq!(errors.substitutions, 1);
-        assert_eq!(errors.deletions, 1);
-        assert_eq!(errors.insertions, 1);
-        assert!((errors.rate() - 0.5).abs() < 1e-9);
+        let substitution = word_errors("one two three four", "one too three four");
+        assert_eq!((substitution.substitutions, substitution.errors()), (1, 1));
+        let deletion = word_errors("one two three four", "one three four");
+        assert_eq!((deletion.deletions, deletion.errors()), (1, 1));
+        let insertion = word_errors("one two three four", "one two three four five");
+        assert_eq!((insertion.insertions, insertion.errors()), (1, 1));
+        let mixed = word_errors("the cat sat on the mat", "the bat sat on mat today");
+        assert_eq!(mixed.errors(), 3);
+        assert!((mixed.rate() - 0.5).abs() < 1e-9);
     }
 
     #[test]
