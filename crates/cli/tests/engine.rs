@@ -76,8 +76,8 @@ fn audio(bytes: Vec<u8>) -> StreamingRecognizeRequest {
 async fn transcribes_bundled_recordings_with_partials_before_finals() {
     let engine = EngineProcess::start(&[]).await;
     let options = StreamOptions {
-        // Twice real time: partials have time to appear, and the test stays short.
-        pace: Some(2.0),
+        // A live speaker's pace, so that partials have time to appear.
+        pace: Some(1.0),
         ..Default::default()
     };
     let streams = fixtures().into_iter().map(|recording| {

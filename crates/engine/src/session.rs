@@ -101,6 +101,8 @@ struct PendingFinal {
     from_finalize: bool,
     /// Partials were shown for it, so a final must follow even if the text came out empty.
     partials_sent: bool,
+    /// Words of the last partial shown, for the stability of a partial still in flight.
+    previous_partial_words: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +260,7 @@ impl Session {
             end_frame,
             from_finalize,
             partials_sent: utterance.partials_sent,
+            previous_partial_words: utterance.previous_partial_words,
         });
         true
     }
@@ -329,6 +332,7 @@ impl Session {
                 end_frame: heard,
                 from_finalize: true,
                 partials_sent: false,
+                previous_partial_words: Vec::new(),
             });
             self.next_segment += 1;
         }
@@ -460,21 +464,38 @@ impl Session {
     }
 
     fn finish_partial(&mut self, ticket: DecodeTicket, transcript: Transcript) {
-        // A partial that returns after its utterance closed is stale: its final is coming.
-        let Some(utterance) = self.utterance.as_mut() else {
-            return;
-        };
-        if utterance.segment != ticket.segment || transcript.text.is_empty() {
+        if transcript.text.is_empty() {
             return;
         }
+        // The utterance may have closed while this partial was decoded; its final has not been
+        // decoded yet (one window in flight per stream), so the partial still comes first.
+        let (previous_words, partials_sent) = match self
+            .utterance
+            .as_mut()
+            .filter(|u| u.segment == ticket.segment)
+        {
+            Some(open) => (&mut open.previous_partial_words, &mut open.partials_sent),
+            None => match self
+                .pending_finals
+                .iter_mut()
+                .find(|p| p.segment == ticket.segment)
+            {
+                Some(pending) => (
+                    &mut pending.previous_partial_words,
+                    &mut pending.partials_sent,
+                ),
+                // Its final is out: finals are never followed by their partials.
+                None => return,
+            },
+        };
         let words: Vec<String> = transcript
             .text
             .split_whitespace()
             .map(normalise_word)
             .collect();
-        let stability = prefix_agreement(&utterance.previous_partial_words, &words);
-        utterance.previous_partial_words = words;
-        utterance.partials_sent = true;
+        let stability = prefix_agreement(previous_words, &words);
+        *previous_words = words;
+        *partials_sent = true;
         self.outputs.push(SessionOutput::Result(RecognitionResult {
             text: transcript.text,
             is_final: false,
@@ -732,30 +753,48 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_arriving_after_its_final_is_dropped() {
+    fn a_partial_decoded_while_its_utterance_closed_still_precedes_the_final() {
         let mut session = session(settings());
-        let audio = jfk();
-        // Speak until a partial is due, but hold its answer back.
-        let mut held = None;
-        for chunk in audio.chunks(1600) {
-            session.push_audio(&pcm::encode_pcm16(chunk)).unwrap();
-            if let Some((ticket, _)) = session.next_window() {
-                held = Some(ticket);
-                break;
-            }
-        }
-        let held = held.expect("a partial came due");
-        assert_eq!(held.priority, Priority::Partial);
+        let held = hold_first_partial(&mut session);
         session.finalize();
         session.take_outputs();
-        session.finish(
-            held,
-            Some(Transcript {
-                text: "late".into(),
-                ..Default::default()
-            }),
-        );
+        session.finish(held, Some(late_transcript()));
+        answer_all(&mut session);
+        let outputs = session.take_outputs();
+        let results = results(&outputs);
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(!results[0].is_final && results[0].text == "late");
+        assert!(results[1].is_final);
+    }
+
+    #[test]
+    fn a_partial_arriving_after_its_final_is_dropped() {
+        let mut session = session(settings());
+        let held = hold_first_partial(&mut session);
+        session.finalize();
+        answer_all(&mut session);
+        session.take_outputs();
+        session.finish(held, Some(late_transcript()));
         assert!(results(&session.take_outputs()).is_empty());
+    }
+
+    /// Speaks until a partial is due and returns its ticket unanswered.
+    fn hold_first_partial(session: &mut Session) -> DecodeTicket {
+        for chunk in jfk().chunks(1600) {
+            session.push_audio(&pcm::encode_pcm16(chunk)).unwrap();
+            if let Some((ticket, _)) = session.next_window() {
+                assert_eq!(ticket.priority, Priority::Partial);
+                return ticket;
+            }
+        }
+        panic!("no partial came due")
+    }
+
+    fn late_transcript() -> Transcript {
+        Transcript {
+            text: "late".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
