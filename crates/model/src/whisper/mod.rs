@@ -445,7 +445,9 @@ impl Recognizer for WhisperRecognizer {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let (features, real_frames) = self.encode(batch)?;
+        let encoded = started.elapsed();
         let budgets: Vec<usize> = real_frames
             .iter()
             .map(|&frames| {
@@ -454,7 +456,8 @@ impl Recognizer for WhisperRecognizer {
             })
             .collect();
         let outputs = self.decode_greedy(&features, &budgets)?;
-        outputs
+        let decoded = started.elapsed();
+        let transcripts = outputs
             .iter()
             .enumerate()
             .map(|(row, output)| {
@@ -479,7 +482,17 @@ impl Recognizer for WhisperRecognizer {
                     words,
                 })
             })
-            .collect()
+            .collect();
+        tracing::debug!(
+            batch = batch.len(),
+            window_frames = features.dim(1).unwrap_or(0) * 2,
+            tokens = outputs.iter().map(|o| o.tokens.len()).sum::<usize>(),
+            encode_ms = encoded.as_millis() as u64,
+            decode_ms = (decoded - encoded).as_millis() as u64,
+            align_ms = (started.elapsed() - decoded).as_millis() as u64,
+            "recognized batch"
+        );
+        transcripts
     }
 }
 

@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Embedding, LayerNorm, Linear, VarBuilder};
+use rayon::prelude::*;
 
 use super::WhisperConfig;
 
@@ -47,25 +48,32 @@ impl MultiHeadAttention {
         x.transpose(1, 2)?.reshape((batch, time, n_head * head_dim))
     }
 
+    /// Keys transposed for the attention product ([B, H, Dh, T]) and values ([B, H, T, Dh]).
     fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let keys = self.split_heads(&self.key.forward(x)?)?;
+        let (batch, time, _) = x.dims3()?;
+        let keys_t = self
+            .key
+            .forward(x)?
+            .reshape((batch, time, self.n_head, self.head_dim))?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
         let values = self.split_heads(&self.value.forward(x)?)?;
-        Ok((keys, values))
+        Ok((keys_t, values))
     }
 
-    /// Attends `x` to the given keys and values; returns the output and, when asked, the
-    /// pre-softmax attention logits [B, H, Tq, Tk].
+    /// Attends `x` to the given (transposed) keys and values; returns the output and, when
+    /// asked, the pre-softmax attention logits [B, H, Tq, Tk].
     fn attend(
         &self,
         x: &Tensor,
-        keys: &Tensor,
+        keys_t: &Tensor,
         values: &Tensor,
         mask: Option<&Tensor>,
         want_logits: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let scale = (self.head_dim as f64).powf(-0.5);
         let queries = (self.split_heads(&self.query.forward(x)?)? * scale)?;
-        let mut logits = queries.matmul(&keys.t()?.contiguous()?)?;
+        let mut logits = queries.matmul(keys_t)?;
         if let Some(mask) = mask {
             logits = logits.broadcast_add(mask)?;
         }
@@ -182,6 +190,10 @@ struct DecoderLayer {
 
 pub(crate) struct Decoder {
     token_embedding: Embedding,
+    /// The tied output projection as row blocks of the embedding, one per CPU thread: a
+    /// one-row product against the 51864 x 384 matrix is memory-bound and candle runs it on a
+    /// single core, so the blocks are multiplied in parallel.
+    output_blocks: Vec<Tensor>,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     norm: LayerNorm,
@@ -189,7 +201,7 @@ pub(crate) struct Decoder {
 }
 
 /// Per-batch decoding state: the cross-attention keys/values (computed once per audio window)
-/// and the growing self-attention cache.
+/// and the growing self-attention cache. Keys are kept transposed ([B, H, Dh, T]).
 pub(crate) struct DecoderState {
     cross: Vec<(Tensor, Tensor)>,
     past: Vec<Option<(Tensor, Tensor)>>,
@@ -230,8 +242,10 @@ impl Decoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::layer_norm(d_model, LAYER_NORM_EPS, vb.pp("layer_norm"))?;
+        let output_blocks = output_blocks(token_embedding.embeddings())?;
         Ok(Self {
             token_embedding,
+            output_blocks,
             positions,
             layers,
             norm,
@@ -284,7 +298,7 @@ impl Decoder {
             let (new_keys, new_values) = layer.self_attention.keys_values(&normed)?;
             let (keys, values) = match state.past[layer_idx].take() {
                 Some((past_keys, past_values)) => (
-                    Tensor::cat(&[&past_keys, &new_keys], 2)?,
+                    Tensor::cat(&[&past_keys, &new_keys], 3)?,
                     Tensor::cat(&[&past_values, &new_values], 2)?,
                 ),
                 None => (new_keys, new_values),
@@ -321,10 +335,36 @@ impl Decoder {
             x.narrow(1, n_new - 1, 1)?
         };
         let x = self.norm.forward(&x)?;
-        // The output projection is tied to the token embedding.
-        let logits = x.broadcast_matmul(&self.token_embedding.embeddings().t()?)?;
-        Ok((logits, captured))
+        let (batch, n_positions, d_model) = x.dims3()?;
+        let x = x.reshape((batch * n_positions, d_model))?;
+        let logits = if self.output_blocks.len() == 1 {
+            x.matmul(&self.output_blocks[0])?
+        } else {
+            let blocks = self
+                .output_blocks
+                .par_iter()
+                .map(|block| x.matmul(block))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&blocks, 1)?
+        };
+        Ok((logits.reshape((batch, n_positions, ()))?, captured))
     }
+}
+
+/// Transposed views of the embedding's row blocks (no copies), one per CPU thread; a single
+/// block on GPUs, which parallelise the product themselves.
+fn output_blocks(embeddings: &Tensor) -> Result<Vec<Tensor>> {
+    let n_blocks = if embeddings.device().is_cpu() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let vocab = embeddings.dim(0)?;
+    let block = vocab.div_ceil(n_blocks);
+    (0..vocab)
+        .step_by(block)
+        .map(|start| embeddings.narrow(0, start, block.min(vocab - start))?.t())
+        .collect()
 }
 
 /// Additive mask so that position i (absolute offset + i) sees only positions <= itself.
