@@ -276,10 +276,7 @@ mod tests {
     }
 
     fn request(id: f32) -> RecognitionRequest {
-        RecognitionRequest {
-            raw_log_mel: vec![id],
-            word_timestamps: false,
-        }
+        RecognitionRequest::new(vec![id], false)
     }
 
     type Recorded = Arc<Mutex<Vec<Vec<f32>>>>;

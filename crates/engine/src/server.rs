@@ -180,10 +180,7 @@ async fn warm_up(state: &EngineState, n_mels: usize) -> Result<Duration, EngineE
     let raw_log_mel = (0..n_frames * n_mels)
         .map(|i| -6.0 + ((i * 7919) % 17) as f32 * 0.05)
         .collect();
-    let request = RecognitionRequest {
-        raw_log_mel,
-        word_timestamps: true,
-    };
+    let request = RecognitionRequest::new(raw_log_mel, true);
     let reply = state
         .batcher
         .submit(request, Priority::Final)

@@ -113,6 +113,39 @@ struct OpenUtterance {
     partial_frames_end: u64,
     previous_partial_words: Vec<String>,
     partials_sent: bool,
+    /// Tokens of the last partial, and the prefix that the last two partials agreed on. The
+    /// next partial takes the agreed prefix as given (local agreement), so its decoder only
+    /// runs for the words after it.
+    last_partial_tokens: Vec<u32>,
+    agreed_tokens: Vec<u32>,
+    agreed_probs: Vec<f32>,
+}
+
+impl OpenUtterance {
+    fn new(segment: u32, start_frame: u64) -> Self {
+        Self {
+            segment,
+            start_frame,
+            partial_frames_end: start_frame,
+            previous_partial_words: Vec::new(),
+            partials_sent: false,
+            last_partial_tokens: Vec::new(),
+            agreed_tokens: Vec::new(),
+            agreed_probs: Vec::new(),
+        }
+    }
+
+    fn record_partial_tokens(&mut self, tokens: &[u32], probs: &[f32]) {
+        let agreed = self
+            .last_partial_tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.agreed_tokens = tokens[..agreed].to_vec();
+        self.agreed_probs = probs.iter().take(agreed).copied().collect();
+        self.last_partial_tokens = tokens.to_vec();
+    }
 }
 
 pub struct Session {
@@ -219,13 +252,7 @@ impl Session {
                 let start = onset
                     .saturating_sub(duration_to_mel_frames(PRE_ROLL))
                     .max(self.consumed_frame);
-                self.utterance = Some(OpenUtterance {
-                    segment: self.next_segment,
-                    start_frame: start,
-                    partial_frames_end: start,
-                    previous_partial_words: Vec::new(),
-                    partials_sent: false,
-                });
+                self.utterance = Some(OpenUtterance::new(self.next_segment, start));
                 self.next_segment += 1;
                 self.emit_voice_event(SessionOutput::SpeechStarted {
                     at: mel_frames_to_duration(onset),
@@ -305,13 +332,7 @@ impl Session {
         }
         self.close_utterance(cut, false);
         // Speech goes on: the next utterance starts exactly at the cut.
-        self.utterance = Some(OpenUtterance {
-            segment: self.next_segment,
-            start_frame: cut,
-            partial_frames_end: cut,
-            previous_partial_words: Vec::new(),
-            partials_sent: false,
-        });
+        self.utterance = Some(OpenUtterance::new(self.next_segment, cut));
         self.next_segment += 1;
     }
 
@@ -381,9 +402,12 @@ impl Session {
                 end_frame: pending.end_frame,
                 from_finalize: pending.from_finalize,
             };
-            let request = (pending.end_frame > pending.start_frame).then(|| RecognitionRequest {
-                raw_log_mel: self.mel.raw_frames(pending.start_frame, pending.end_frame),
-                word_timestamps: true,
+            // Finals decode freely: they must not inherit a partial's mistakes.
+            let request = (pending.end_frame > pending.start_frame).then(|| {
+                RecognitionRequest::new(
+                    self.mel.raw_frames(pending.start_frame, pending.end_frame),
+                    true,
+                )
             });
             return Some((ticket, request));
         }
@@ -406,6 +430,8 @@ impl Session {
         let request = RecognitionRequest {
             raw_log_mel: self.mel.raw_frames(utterance.start_frame, computed),
             word_timestamps: false,
+            prefix_tokens: utterance.agreed_tokens.clone(),
+            prefix_probs: utterance.agreed_probs.clone(),
         };
         Some((ticket, Some(request)))
     }
@@ -474,7 +500,10 @@ impl Session {
             .as_mut()
             .filter(|u| u.segment == ticket.segment)
         {
-            Some(open) => (&mut open.previous_partial_words, &mut open.partials_sent),
+            Some(open) => {
+                open.record_partial_tokens(&transcript.tokens, &transcript.token_probs);
+                (&mut open.previous_partial_words, &mut open.partials_sent)
+            }
             None => match self
                 .pending_finals
                 .iter_mut()

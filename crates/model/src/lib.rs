@@ -23,6 +23,21 @@ pub struct RecognitionRequest {
     pub raw_log_mel: Vec<f32>,
     /// Compute per-word timings (finals); partials skip the extra alignment pass.
     pub word_timestamps: bool,
+    /// Text tokens to take as already decoded (with their probabilities), e.g. what the last
+    /// two partials agreed on: the decoder reads them in one pass instead of one step each.
+    pub prefix_tokens: Vec<u32>,
+    pub prefix_probs: Vec<f32>,
+}
+
+impl RecognitionRequest {
+    pub fn new(raw_log_mel: Vec<f32>, word_timestamps: bool) -> Self {
+        Self {
+            raw_log_mel,
+            word_timestamps,
+            prefix_tokens: Vec::new(),
+            prefix_probs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +61,9 @@ pub struct Transcript {
     /// Decoding stopped because the model started repeating itself.
     pub stopped_by_loop_guard: bool,
     pub words: Vec<WordTiming>,
+    /// The text tokens and their probabilities (to seed the next partial's prefix).
+    pub tokens: Vec<u32>,
+    pub token_probs: Vec<f32>,
 }
 
 impl Transcript {

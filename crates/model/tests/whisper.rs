@@ -17,10 +17,7 @@ fn request(samples: &[f32], n_mels: usize) -> RecognitionRequest {
     let mut mel = LogMelStream::new(Arc::from(mel_filters(n_mels)), n_mels);
     mel.push(samples);
     mel.flush();
-    RecognitionRequest {
-        raw_log_mel: mel.raw_frames(0, mel.frames_computed()),
-        word_timestamps: true,
-    }
+    RecognitionRequest::new(mel.raw_frames(0, mel.frames_computed()), true)
 }
 
 #[test]
@@ -109,4 +106,29 @@ fn missing_model_names_the_fetch_command() {
         .err()
         .expect("an empty directory is not a model");
     assert!(err.to_string().contains("earshot model fetch"), "{err}");
+}
+
+#[test]
+fn a_forced_prefix_is_kept_and_does_not_disturb_other_rows() {
+    let mut recognizer = load();
+    let recordings = corpus::load(&corpus::fixtures_dir()).unwrap();
+    let requests: Vec<RecognitionRequest> = recordings
+        .iter()
+        .take(2)
+        .map(|r| {
+            let audio = earshot_audio::wav::read_wav(&r.path).unwrap();
+            request(&audio.samples, recognizer.n_mels())
+        })
+        .collect();
+    let alone = recognizer.recognize_batch(&requests).unwrap();
+    // Row 1 takes its own first five tokens as given; row 0 is padded to match.
+    let mut prefixed = requests[1].clone();
+    prefixed.prefix_tokens = alone[1].tokens[..5].to_vec();
+    prefixed.prefix_probs = alone[1].token_probs[..5].to_vec();
+    let together = recognizer
+        .recognize_batch(&[requests[0].clone(), prefixed])
+        .unwrap();
+    assert_eq!(together[0].text, alone[0].text);
+    assert_eq!(together[1].tokens[..5], alone[1].tokens[..5]);
+    assert_eq!(together[1].text, alone[1].text);
 }

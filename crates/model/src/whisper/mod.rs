@@ -218,31 +218,82 @@ impl WhisperRecognizer {
     }
 
     /// Greedy batched decoding; every row stops at end-of-text, its token budget, or a loop.
+    /// A row's forced prefix is read in the first pass; rows are left-padded to one length.
     fn decode_greedy(
         &self,
         features: &Tensor,
         budgets: &[usize],
+        batch: &[RecognitionRequest],
     ) -> Result<Vec<GreedyOutput>, ModelError> {
         let n_rows = budgets.len();
         let prompt = &self.special.prompt;
-        let mut state = self.network.decoder.start(features)?;
-        let prompt_tokens: Vec<u32> = (0..n_rows).flat_map(|_| prompt.iter().copied()).collect();
-        let input = Tensor::from_vec(prompt_tokens, (n_rows, prompt.len()), &self.device)?;
-        let (logits, _) = self.network.decoder.step(&input, &mut state, true, &[])?;
-        let logits = logits.to_dtype(DType::F32)?;
+        let max_prefix = self.network.decoder.max_positions() / 2;
+        let sequences: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|request| {
+                let prefix = &request.prefix_tokens[..request.prefix_tokens.len().min(max_prefix)];
+                prompt.iter().chain(prefix).copied().collect()
+            })
+            .collect();
+        let width = sequences.iter().map(Vec::len).max().unwrap_or(prompt.len());
+        let padding: Vec<usize> = sequences.iter().map(|s| width - s.len()).collect();
+        let input: Vec<u32> = sequences
+            .iter()
+            .zip(&padding)
+            .flat_map(|(sequence, &pad)| {
+                std::iter::repeat_n(self.special.end_of_text, pad).chain(sequence.iter().copied())
+            })
+            .collect();
+        let mut state = self.network.decoder.start(features, padding.clone())?;
+        let input = Tensor::from_vec(input, (n_rows, width), &self.device)?;
+        let (hidden, _) = self.network.decoder.step(&input, &mut state, &[])?;
 
-        let mut outputs: Vec<GreedyOutput> = (0..n_rows).map(|_| GreedyOutput::default()).collect();
+        // Logits at two columns per row: start-of-transcript (for the no-speech probability)
+        // and the last one (the first prediction).
+        let columns: Vec<u32> = (0..n_rows)
+            .flat_map(|row| {
+                [
+                    (row * width + padding[row]) as u32,
+                    (row * width + width - 1) as u32,
+                ]
+            })
+            .collect();
+        let selected = hidden
+            .reshape((n_rows * width, ()))?
+            .index_select(&Tensor::from_vec(columns, 2 * n_rows, &self.device)?, 0)?;
+        let logits = self
+            .network
+            .decoder
+            .project(&selected)?
+            .to_dtype(DType::F32)?
+            .reshape((n_rows, 2, ()))?;
+
+        let mut outputs: Vec<GreedyOutput> = batch
+            .iter()
+            .map(|request| {
+                let n_prefix = request.prefix_tokens.len().min(max_prefix);
+                GreedyOutput {
+                    tokens: request.prefix_tokens[..n_prefix].to_vec(),
+                    probs: (0..n_prefix)
+                        .map(|i| request.prefix_probs.get(i).copied().unwrap_or(1.0))
+                        .collect(),
+                    ..Default::default()
+                }
+            })
+            .collect();
         if let Some(no_speech) = self.special.no_speech {
-            // The no-speech probability is read at the start-of-transcript position.
             let first = logits.narrow(1, 0, 1)?.squeeze(1)?.to_vec2::<f32>()?;
             for (output, row) in outputs.iter_mut().zip(first) {
-                output.no_speech_prob = network::log_softmax_row(&row)
-                    .get(no_speech as usize)
-                    .map_or(0.0, |lp| lp.exp());
+                // A forced prefix already passed this test when it was decoded.
+                if output.tokens.is_empty() {
+                    output.no_speech_prob = network::log_softmax_row(&row)
+                        .get(no_speech as usize)
+                        .map_or(0.0, |lp| lp.exp());
+                }
             }
         }
-        let mut last = logits.narrow(1, prompt.len() - 1, 1)?.squeeze(1)?;
-        let max_steps = self.network.decoder.max_positions() - prompt.len();
+        let mut last = logits.narrow(1, 1, 1)?.squeeze(1)?;
+        let max_steps = self.network.decoder.max_positions().saturating_sub(width);
         let mut done = vec![false; n_rows];
         for step in 0..max_steps {
             let rows = last.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -251,10 +302,10 @@ impl WhisperRecognizer {
                 if done[row_idx] {
                     continue;
                 }
-                self.apply_suppression(&mut row, step == 0);
+                let output = &mut outputs[row_idx];
+                self.apply_suppression(&mut row, output.tokens.is_empty());
                 let logprobs = network::log_softmax_row(&row);
                 let token = network::argmax(&logprobs) as u32;
-                let output = &mut outputs[row_idx];
                 output.sum_logprob += logprobs[token as usize];
                 if token == self.special.end_of_text {
                     done[row_idx] = true;
@@ -270,12 +321,12 @@ impl WhisperRecognizer {
                 }
                 next_tokens[row_idx] = token;
             }
-            if done.iter().all(|&d| d) {
+            if done.iter().all(|&d| d) || step + 1 == max_steps {
                 break;
             }
             let input = Tensor::from_vec(next_tokens, (n_rows, 1), &self.device)?;
-            let (logits, _) = self.network.decoder.step(&input, &mut state, false, &[])?;
-            last = logits.squeeze(1)?;
+            let (hidden, _) = self.network.decoder.step(&input, &mut state, &[])?;
+            last = self.network.decoder.project(&hidden.squeeze(1)?)?;
         }
         Ok(outputs)
     }
@@ -333,12 +384,12 @@ impl WhisperRecognizer {
         sequence.extend(&output.tokens);
         sequence.push(self.special.end_of_text);
         let row_features = features.narrow(0, row, 1)?;
-        let mut state = self.network.decoder.start(&row_features)?;
+        let mut state = self.network.decoder.start(&row_features, vec![0])?;
         let input = Tensor::from_vec(sequence.clone(), (1, sequence.len()), &self.device)?;
-        let (_, captured) =
-            self.network
-                .decoder
-                .step(&input, &mut state, false, &self.alignment_heads)?;
+        let (_, captured) = self
+            .network
+            .decoder
+            .step(&input, &mut state, &self.alignment_heads)?;
         let n_positions_total = features.dim(1)?;
         let n_positions = (real_frames / 2).clamp(1, n_positions_total);
         // Rows: the position before the first text token, then every text token.
@@ -455,7 +506,7 @@ impl Recognizer for WhisperRecognizer {
                 (seconds * MAX_TOKENS_PER_SECOND).ceil() as usize + MIN_TOKEN_BUDGET
             })
             .collect();
-        let outputs = self.decode_greedy(&features, &budgets)?;
+        let outputs = self.decode_greedy(&features, &budgets, batch)?;
         let decoded = started.elapsed();
         let transcripts = outputs
             .iter()
@@ -480,6 +531,8 @@ impl Recognizer for WhisperRecognizer {
                     n_tokens,
                     stopped_by_loop_guard: output.stopped_by_loop_guard,
                     words,
+                    tokens: output.tokens.clone(),
+                    token_probs: output.probs.clone(),
                 })
             })
             .collect();

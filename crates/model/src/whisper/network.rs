@@ -205,7 +205,9 @@ pub(crate) struct Decoder {
 pub(crate) struct DecoderState {
     cross: Vec<(Tensor, Tensor)>,
     past: Vec<Option<(Tensor, Tensor)>>,
+    /// Columns fed so far (the same for every row).
     offset: usize,
+    left_padding: Vec<usize>,
 }
 
 impl Decoder {
@@ -257,7 +259,14 @@ impl Decoder {
         self.max_positions
     }
 
-    pub(crate) fn start(&self, audio_features: &Tensor) -> Result<DecoderState> {
+    /// Starts decoding a batch over `audio_features` [B, Ta, D]. Rows whose sequences are
+    /// shorter than the batch's are left-padded by `left_padding[row]` columns, which attention
+    /// never sees and which do not count as positions.
+    pub(crate) fn start(
+        &self,
+        audio_features: &Tensor,
+        left_padding: Vec<usize>,
+    ) -> Result<DecoderState> {
         let cross = self
             .layers
             .iter()
@@ -267,28 +276,50 @@ impl Decoder {
             cross,
             past: vec![None; self.layers.len()],
             offset: 0,
+            left_padding,
         })
     }
 
-    /// Feeds `tokens` [B, t] after everything already in `state`. Returns logits [B, t, V] for
-    /// every position when `all_positions`, else for the last one only ([B, 1, V]); plus the
-    /// pre-softmax cross-attention logits [Tq, Ta] of batch row 0 for each `(layer, head)` in
+    /// Feeds `tokens` [B, t] after everything already in `state` and returns the final hidden
+    /// states [B, t, D] (see [`Decoder::project`] for logits), plus the pre-softmax
+    /// cross-attention logits [t, Ta] of batch row 0 for each `(layer, head)` in
     /// `capture_heads`.
     pub(crate) fn step(
         &self,
         tokens: &Tensor,
         state: &mut DecoderState,
-        all_positions: bool,
         capture_heads: &[(usize, usize)],
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        let (_, n_new) = tokens.dims2()?;
-        let positions = self.positions.narrow(0, state.offset, n_new)?;
-        let mut x = self
-            .token_embedding
-            .forward(tokens)?
-            .broadcast_add(&positions)?;
-        let mask = if n_new > 1 {
-            Some(causal_mask(n_new, state.offset, x.device())?)
+        let (batch, n_new) = tokens.dims2()?;
+        let device = tokens.device();
+        let padded = state.left_padding.iter().any(|&pad| pad > 0);
+        let embedded = self.token_embedding.forward(tokens)?;
+        let mut x = if padded {
+            // Each row counts positions from its first real token.
+            let offset = state.offset;
+            let ids: Vec<u32> = state
+                .left_padding
+                .iter()
+                .flat_map(|&pad| (0..n_new).map(move |i| (offset + i).saturating_sub(pad) as u32))
+                .collect();
+            let ids = Tensor::from_vec(ids, batch * n_new, device)?;
+            let positions = self
+                .positions
+                .index_select(&ids, 0)?
+                .reshape((batch, n_new, ()))?;
+            (embedded + positions)?
+        } else {
+            embedded.broadcast_add(&self.positions.narrow(0, state.offset, n_new)?)?
+        };
+        let mask = if padded {
+            Some(padded_causal_mask(
+                &state.left_padding,
+                n_new,
+                state.offset,
+                device,
+            )?)
+        } else if n_new > 1 {
+            Some(causal_mask(n_new, state.offset, device)?)
         } else {
             None
         };
@@ -329,26 +360,47 @@ impl Decoder {
             x = layer.feed_forward.residual(&x)?;
         }
         state.offset += n_new;
-        let x = if all_positions {
-            x
-        } else {
-            x.narrow(1, n_new - 1, 1)?
-        };
-        let x = self.norm.forward(&x)?;
-        let (batch, n_positions, d_model) = x.dims3()?;
-        let x = x.reshape((batch * n_positions, d_model))?;
-        let logits = if self.output_blocks.len() == 1 {
-            x.matmul(&self.output_blocks[0])?
-        } else {
-            let blocks = self
-                .output_blocks
-                .par_iter()
-                .map(|block| x.matmul(block))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&blocks, 1)?
-        };
-        Ok((logits.reshape((batch, n_positions, ()))?, captured))
+        Ok((self.norm.forward(&x)?, captured))
     }
+
+    /// Logits [N, V] for hidden states [N, D].
+    pub(crate) fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        if self.output_blocks.len() == 1 {
+            return hidden.matmul(&self.output_blocks[0]);
+        }
+        let blocks = self
+            .output_blocks
+            .par_iter()
+            .map(|block| hidden.matmul(block))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&blocks, 1)
+    }
+}
+
+/// Additive mask [B, 1, t, total] for left-padded rows: causal, and padding columns hidden
+/// from every real position.
+fn padded_causal_mask(
+    left_padding: &[usize],
+    n_new: usize,
+    offset: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let n_total = offset + n_new;
+    let values: Vec<f32> = left_padding
+        .iter()
+        .flat_map(|&pad| {
+            (0..n_new).flat_map(move |row| {
+                (0..n_total).map(move |col| {
+                    let query = offset + row;
+                    // A padding query sees only itself: a row of nothing but -inf would turn
+                    // its softmax, and through its keys every later one, into NaN.
+                    let hidden = col > query || (col < pad && col != query);
+                    if hidden { f32::NEG_INFINITY } else { 0.0 }
+                })
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (left_padding.len(), 1, n_new, n_total), device)
 }
 
 /// Transposed views of the embedding's row blocks (no copies), one per CPU thread; a single
