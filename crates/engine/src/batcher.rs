@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,18 @@ impl BatcherStats {
 pub struct BatcherHandle {
     sender: mpsc::SyncSender<Job>,
     stats: Arc<BatcherStats>,
+    active_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a stream as one that may submit windows, while it lives.
+pub struct ActiveStream {
+    active_streams: Arc<AtomicUsize>,
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.active_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +100,15 @@ impl BatcherHandle {
     pub fn stats(&self) -> &Arc<BatcherStats> {
         &self.stats
     }
+
+    /// Registers a stream: the batcher never waits for more windows than there are streams
+    /// to send them (each has at most one in flight), so a lone stream is never delayed.
+    pub fn register_stream(&self) -> ActiveStream {
+        self.active_streams.fetch_add(1, Ordering::Relaxed);
+        ActiveStream {
+            active_streams: self.active_streams.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,11 +126,20 @@ pub fn spawn_batcher(
 ) -> std::io::Result<(BatcherHandle, std::thread::JoinHandle<()>)> {
     let (sender, receiver) = mpsc::sync_channel(policy.capacity.max(1));
     let stats = Arc::new(BatcherStats::default());
+    let active_streams = Arc::new(AtomicUsize::new(0));
     let thread_stats = stats.clone();
+    let thread_active = active_streams.clone();
     let thread = std::thread::Builder::new()
         .name("recognizer".into())
-        .spawn(move || run(recognizer, receiver, policy, &thread_stats))?;
-    Ok((BatcherHandle { sender, stats }, thread))
+        .spawn(move || run(recognizer, receiver, policy, &thread_stats, &thread_active))?;
+    Ok((
+        BatcherHandle {
+            sender,
+            stats,
+            active_streams,
+        },
+        thread,
+    ))
 }
 
 /// Ready windows, finals first, each class in arrival order.
@@ -163,6 +193,7 @@ fn run(
     receiver: mpsc::Receiver<Job>,
     policy: BatchPolicy,
     stats: &BatcherStats,
+    active_streams: &AtomicUsize,
 ) {
     let mut queue = ReadyQueue::default();
     loop {
@@ -172,7 +203,10 @@ fn run(
                 Err(mpsc::RecvError) => return,
             }
         }
-        gather(&receiver, &mut queue, policy);
+        let useful_batch = policy
+            .max_batch
+            .min(active_streams.load(Ordering::Relaxed).max(1));
+        gather(&receiver, &mut queue, useful_batch, policy.max_wait);
         let batch = queue.take_batch(policy.max_batch, stats);
         if batch.is_empty() {
             continue;
@@ -221,17 +255,22 @@ fn run(
     }
 }
 
-/// Adds to `queue` whatever arrives until it holds `max_batch` jobs or its oldest job has
+/// Adds to `queue` whatever arrives until it holds `batch_size` jobs or its oldest job has
 /// waited `max_wait` (which may already be the case after a long model call).
-fn gather(receiver: &mpsc::Receiver<Job>, queue: &mut ReadyQueue, policy: BatchPolicy) {
+fn gather(
+    receiver: &mpsc::Receiver<Job>,
+    queue: &mut ReadyQueue,
+    batch_size: usize,
+    max_wait: Duration,
+) {
     while let Ok(job) = receiver.try_recv() {
         queue.push(job);
     }
     let Some(oldest) = queue.oldest() else {
         return;
     };
-    let deadline = oldest + policy.max_wait;
-    while queue.len() < policy.max_batch {
+    let deadline = oldest + max_wait;
+    while queue.len() < batch_size {
         let now = Instant::now();
         if now >= deadline {
             break;
@@ -248,7 +287,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use earshot_model::ModelError;
+    use earshot_model::{ModelError, WindowKind};
 
     /// Records each batch (as the first sample of each window) and answers with that number.
     struct RecordingRecognizer {
@@ -276,7 +315,7 @@ mod tests {
     }
 
     fn request(id: f32) -> RecognitionRequest {
-        RecognitionRequest::new(vec![id], false)
+        RecognitionRequest::new(vec![id], WindowKind::Partial)
     }
 
     type Recorded = Arc<Mutex<Vec<Vec<f32>>>>;
@@ -295,20 +334,23 @@ mod tests {
         let handle = BatcherHandle {
             sender,
             stats: Arc::new(BatcherStats::default()),
+            active_streams: Arc::new(AtomicUsize::new(0)),
         };
         (handle, batches, receiver, policy)
     }
 
     fn start(
-        batches: &Arc<Mutex<Vec<Vec<f32>>>>,
+        handle: &BatcherHandle,
+        batches: &Recorded,
         receiver: mpsc::Receiver<Job>,
         policy: BatchPolicy,
-        stats: Arc<BatcherStats>,
     ) -> std::thread::JoinHandle<()> {
         let recognizer = Box::new(RecordingRecognizer {
             batches: batches.clone(),
         });
-        std::thread::spawn(move || run(recognizer, receiver, policy, &stats))
+        let stats = handle.stats.clone();
+        let active = handle.active_streams.clone();
+        std::thread::spawn(move || run(recognizer, receiver, policy, &stats, &active))
     }
 
     #[test]
@@ -321,7 +363,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        let thread = start(&handle, &batches, receiver, policy);
         for (id, reply) in replies.into_iter().enumerate() {
             let transcript = reply.blocking_recv().unwrap().unwrap();
             assert_eq!(transcript.text, format!("window {id}"));
@@ -340,7 +382,7 @@ mod tests {
             handle.submit(request(1.0), Priority::Partial).unwrap(),
             handle.submit(request(2.0), Priority::Final).unwrap(),
         ];
-        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        let thread = start(&handle, &batches, receiver, policy);
         for reply in replies {
             reply.blocking_recv().unwrap().unwrap();
         }
@@ -353,7 +395,8 @@ mod tests {
     fn a_full_batch_does_not_wait_for_max_wait() {
         // With a ten-minute max_wait, a batch that is full must still run at once.
         let (handle, batches, receiver, policy) = recording(2, Duration::from_secs(600));
-        let thread = start(&batches, receiver, policy, handle.stats.clone());
+        let _streams = [handle.register_stream(), handle.register_stream()];
+        let thread = start(&handle, &batches, receiver, policy);
         let first = handle.submit(request(0.0), Priority::Partial).unwrap();
         let second = handle.submit(request(1.0), Priority::Partial).unwrap();
         first.blocking_recv().unwrap().unwrap();
@@ -364,13 +407,49 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_stream_is_not_kept_waiting_for_a_fuller_batch() {
+        // One stream can never fill a batch of four: its window must not wait out max_wait.
+        let (handle, batches, receiver, policy) = recording(4, Duration::from_secs(600));
+        let stream = handle.register_stream();
+        let thread = start(&handle, &batches, receiver, policy);
+        let started = Instant::now();
+        let reply = handle.submit(request(0.0), Priority::Partial).unwrap();
+        reply.blocking_recv().unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(300));
+        drop(stream);
+        drop(handle);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn waits_for_other_active_streams_up_to_max_batch() {
+        let (handle, batches, receiver, policy) = recording(4, Duration::from_secs(600));
+        let _streams: Vec<_> = (0..3).map(|_| handle.register_stream()).collect();
+        let thread = start(&handle, &batches, receiver, policy);
+        let replies: Vec<_> = (0..3)
+            .map(|id| {
+                std::thread::sleep(Duration::from_millis(20));
+                handle
+                    .submit(request(id as f32), Priority::Partial)
+                    .unwrap()
+            })
+            .collect();
+        for reply in replies {
+            reply.blocking_recv().unwrap().unwrap();
+        }
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(*batches.lock().unwrap(), vec![vec![0.0, 1.0, 2.0]]);
+    }
+
+    #[test]
     fn skips_windows_whose_stream_has_gone() {
         let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(10));
         let abandoned = handle.submit(request(0.0), Priority::Partial).unwrap();
         drop(abandoned);
         let kept = handle.submit(request(1.0), Priority::Partial).unwrap();
         let stats = handle.stats.clone();
-        let thread = start(&batches, receiver, policy, stats.clone());
+        let thread = start(&handle, &batches, receiver, policy);
         kept.blocking_recv().unwrap().unwrap();
         drop(handle);
         thread.join().unwrap();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use earshot_model::{RecognitionRequest, Recognizer};
+use earshot_model::{RecognitionRequest, Recognizer, WindowKind};
 use earshot_proto::speech_to_text_server::SpeechToTextServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -180,7 +180,7 @@ async fn warm_up(state: &EngineState, n_mels: usize) -> Result<Duration, EngineE
     let raw_log_mel = (0..n_frames * n_mels)
         .map(|i| -6.0 + ((i * 7919) % 17) as f32 * 0.05)
         .collect();
-    let request = RecognitionRequest::new(raw_log_mel, true);
+    let request = RecognitionRequest::new(raw_log_mel, WindowKind::Final);
     let reply = state
         .batcher
         .submit(request, Priority::Final)

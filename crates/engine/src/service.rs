@@ -135,6 +135,7 @@ async fn run_stream(
     sender: mpsc::Sender<Result<StreamingRecognizeResponse, Status>>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _active = state.batcher.register_stream();
     let mut stream = StreamTask {
         state,
         sender,

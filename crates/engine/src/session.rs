@@ -17,7 +17,7 @@ use earshot_audio::vad::{
 };
 use earshot_audio::{AudioError, AudioFormat, TARGET_SAMPLE_RATE, pcm};
 use earshot_model::mel::{HOP_LENGTH, LogMelStream};
-use earshot_model::{RecognitionRequest, Transcript};
+use earshot_model::{RecognitionRequest, Transcript, WindowKind};
 
 use crate::batcher::Priority;
 
@@ -406,7 +406,7 @@ impl Session {
             let request = (pending.end_frame > pending.start_frame).then(|| {
                 RecognitionRequest::new(
                     self.mel.raw_frames(pending.start_frame, pending.end_frame),
-                    true,
+                    WindowKind::Final,
                 )
             });
             return Some((ticket, request));
@@ -429,7 +429,7 @@ impl Session {
         };
         let request = RecognitionRequest {
             raw_log_mel: self.mel.raw_frames(utterance.start_frame, computed),
-            word_timestamps: false,
+            kind: WindowKind::Partial,
             prefix_tokens: utterance.agreed_tokens.clone(),
             prefix_probs: utterance.agreed_probs.clone(),
         };

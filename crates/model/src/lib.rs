@@ -21,19 +21,26 @@ pub const FETCH_COMMAND: &str = "earshot model fetch";
 #[derive(Debug, Clone)]
 pub struct RecognitionRequest {
     pub raw_log_mel: Vec<f32>,
-    /// Compute per-word timings (finals); partials skip the extra alignment pass.
-    pub word_timestamps: bool,
+    /// Finals get per-word timings and the full trailing-silence padding; partials skip the
+    /// alignment pass and use a shorter pad (cheaper, and their text is provisional anyway).
+    pub kind: WindowKind,
     /// Text tokens to take as already decoded (with their probabilities), e.g. what the last
     /// two partials agreed on: the decoder reads them in one pass instead of one step each.
     pub prefix_tokens: Vec<u32>,
     pub prefix_probs: Vec<f32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Partial,
+    Final,
+}
+
 impl RecognitionRequest {
-    pub fn new(raw_log_mel: Vec<f32>, word_timestamps: bool) -> Self {
+    pub fn new(raw_log_mel: Vec<f32>, kind: WindowKind) -> Self {
         Self {
             raw_log_mel,
-            word_timestamps,
+            kind,
             prefix_tokens: Vec::new(),
             prefix_probs: Vec::new(),
         }

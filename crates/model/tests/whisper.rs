@@ -5,7 +5,7 @@ use std::sync::Arc;
 use earshot_loadgen::corpus;
 use earshot_loadgen::wer::{WordErrors, word_errors};
 use earshot_model::mel::{LogMelStream, mel_filters};
-use earshot_model::{RecognitionRequest, Recognizer, WhisperRecognizer};
+use earshot_model::{RecognitionRequest, Recognizer, WhisperRecognizer, WindowKind};
 
 fn load() -> WhisperRecognizer {
     let dir = earshot_model::default_model_dir();
@@ -17,7 +17,7 @@ fn request(samples: &[f32], n_mels: usize) -> RecognitionRequest {
     let mut mel = LogMelStream::new(Arc::from(mel_filters(n_mels)), n_mels);
     mel.push(samples);
     mel.flush();
-    RecognitionRequest::new(mel.raw_frames(0, mel.frames_computed()), true)
+    RecognitionRequest::new(mel.raw_frames(0, mel.frames_computed()), WindowKind::Final)
 }
 
 #[test]

@@ -13,12 +13,15 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::mel;
-use crate::{ModelError, RecognitionRequest, Recognizer, Transcript, WordTiming};
+use crate::{ModelError, RecognitionRequest, Recognizer, Transcript, WindowKind, WordTiming};
 use network::WhisperNetwork;
 
-/// Trailing digital silence appended to every window. A window cut right after speech makes the
-/// tiny models loop instead of ending the text; two seconds of silence lets them finish.
-const TRAILING_SILENCE_FRAMES: usize = 200;
+/// Trailing digital silence appended to a final's window. A window cut right after speech makes
+/// the tiny models loop instead of ending the text; two seconds of silence lets them finish.
+const FINAL_SILENCE_FRAMES: usize = 200;
+/// Partials use one second: the encoder is most of their cost, the loop guard and token budget
+/// catch the occasional loop, and their text is provisional.
+const PARTIAL_SILENCE_FRAMES: usize = 100;
 const FRAMES_PER_SECOND: f32 = 100.0;
 /// Output cap per second of audio: fast speech stays below ~5 tokens/s, loops go far beyond.
 const MAX_TOKENS_PER_SECOND: f32 = 10.0;
@@ -190,12 +193,24 @@ impl WhisperRecognizer {
         &self.config
     }
 
-    /// Frames in the encoder window for `n_frames` of audio: trailing silence added, even,
-    /// at most the model's 30 s.
-    fn window_frames(&self, n_frames: usize) -> usize {
+    /// Frames in the encoder window for a batch: each row's audio plus its trailing silence,
+    /// the longest of them, even, at most the model's 30 s.
+    fn window_frames(&self, real_frames: &[usize], batch: &[RecognitionRequest]) -> usize {
         let max_frames = 2 * self.config.max_source_positions;
-        let window = (n_frames + TRAILING_SILENCE_FRAMES).min(max_frames);
-        window + window % 2
+        let window = real_frames
+            .iter()
+            .zip(batch)
+            .map(|(&frames, request)| {
+                frames
+                    + match request.kind {
+                        WindowKind::Final => FINAL_SILENCE_FRAMES,
+                        WindowKind::Partial => PARTIAL_SILENCE_FRAMES,
+                    }
+            })
+            .max()
+            .unwrap_or(0)
+            .min(max_frames);
+        window - window % 2
     }
 
     fn encode(&self, batch: &[RecognitionRequest]) -> Result<(Tensor, Vec<usize>), ModelError> {
@@ -205,7 +220,7 @@ impl WhisperRecognizer {
             .iter()
             .map(|request| (request.raw_log_mel.len() / n_mels).min(max_frames))
             .collect();
-        let window = self.window_frames(real_frames.iter().copied().max().unwrap_or(0));
+        let window = self.window_frames(&real_frames, batch);
         let mut input = Vec::with_capacity(batch.len() * n_mels * window);
         for (request, &frames) in batch.iter().zip(&real_frames) {
             let raw = &request.raw_log_mel[..frames * n_mels];
@@ -512,7 +527,7 @@ impl Recognizer for WhisperRecognizer {
             .iter()
             .enumerate()
             .map(|(row, output)| {
-                let words = if batch[row].word_timestamps {
+                let words = if batch[row].kind == WindowKind::Final {
                     self.align_words(&features, row, output, real_frames[row])?
                 } else {
                     Vec::new()
