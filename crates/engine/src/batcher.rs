@@ -167,25 +167,48 @@ impl ReadyQueue {
         finals.into_iter().chain(partials).min()
     }
 
-    /// Takes up to `max_batch` jobs, finals first; drops jobs whose stream stopped waiting.
+    /// Takes up to `max_batch` jobs, finals first, of similar length (see
+    /// [`MIN_LENGTH_RATIO`]); drops jobs whose stream stopped waiting. The oldest final (or
+    /// else the oldest partial) always goes.
     fn take_batch(&mut self, max_batch: usize, stats: &BatcherStats) -> Vec<Job> {
+        for queue in [&mut self.finals, &mut self.partials] {
+            let before = queue.len();
+            queue.retain(|job| !job.reply.is_closed());
+            stats
+                .skipped_cancelled
+                .fetch_add((before - queue.len()) as u64, Ordering::Relaxed);
+        }
+        let Some(first) = self
+            .finals
+            .pop_front()
+            .or_else(|| self.partials.pop_front())
+        else {
+            return Vec::new();
+        };
+        let anchor = first.request.raw_log_mel.len();
         let mut batch = Vec::with_capacity(max_batch);
-        while batch.len() < max_batch {
-            let Some(job) = self
-                .finals
-                .pop_front()
-                .or_else(|| self.partials.pop_front())
-            else {
-                break;
-            };
-            if job.reply.is_closed() {
-                stats.skipped_cancelled.fetch_add(1, Ordering::Relaxed);
-                continue;
+        batch.push(first);
+        for queue in [&mut self.finals, &mut self.partials] {
+            let mut idx = 0;
+            while idx < queue.len() && batch.len() < max_batch {
+                if similar_length(anchor, queue[idx].request.raw_log_mel.len()) {
+                    batch.extend(queue.remove(idx));
+                } else {
+                    idx += 1;
+                }
             }
-            batch.push(job);
         }
         batch
     }
+}
+
+/// Windows in one model call are padded to the longest. On a CPU that padding costs as much as
+/// audio, so a window joins a batch only if it is at least this share of the other's length.
+const MIN_LENGTH_RATIO: f64 = 0.75;
+
+fn similar_length(a: usize, b: usize) -> bool {
+    let (short, long) = if a < b { (a, b) } else { (b, a) };
+    short as f64 >= MIN_LENGTH_RATIO * long as f64
 }
 
 fn run(
@@ -440,6 +463,34 @@ mod tests {
         drop(handle);
         thread.join().unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![vec![0.0, 1.0, 2.0]]);
+    }
+
+    #[test]
+    fn batches_windows_of_similar_length_together() {
+        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(10));
+        let long_window = RecognitionRequest::new(vec![1.0; 400], WindowKind::Partial);
+        let replies = vec![
+            handle
+                .submit(request_of_len(0.0, 100), Priority::Partial)
+                .unwrap(),
+            handle.submit(long_window, Priority::Partial).unwrap(),
+            handle
+                .submit(request_of_len(2.0, 110), Priority::Partial)
+                .unwrap(),
+        ];
+        let thread = start(&handle, &batches, receiver, policy);
+        for reply in replies {
+            reply.blocking_recv().unwrap().unwrap();
+        }
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(*batches.lock().unwrap(), vec![vec![0.0, 2.0], vec![1.0]]);
+    }
+
+    fn request_of_len(id: f32, len: usize) -> RecognitionRequest {
+        let mut values = vec![0.0; len];
+        values[0] = id;
+        RecognitionRequest::new(values, WindowKind::Partial)
     }
 
     #[test]
