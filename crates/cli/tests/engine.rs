@@ -27,6 +27,19 @@ async fn stream_file(engine: &EngineProcess, name: &str, options: &StreamOptions
         .expect("stream opens")
 }
 
+/// Streams 16 kHz samples as fast as the engine reads them.
+async fn stream_16k(engine: &EngineProcess, samples: &[f32]) -> StreamReport {
+    client::stream_audio(
+        engine.channel().await,
+        samples,
+        16_000,
+        &StreamOptions::default(),
+        |_| {},
+    )
+    .await
+    .expect("stream opens")
+}
+
 /// Sends raw requests and returns the final status (OK when the stream ended cleanly).
 async fn send_raw(
     engine: &EngineProcess,
@@ -164,15 +177,7 @@ async fn long_stream_keeps_every_sentence_once() {
             reference.push(' ');
         }
     }
-    let report = client::stream_audio(
-        engine.channel().await,
-        &samples,
-        16_000,
-        &StreamOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let report = stream_16k(&engine, &samples).await;
     assert!(report.error.is_none());
     let hypothesis = report.final_text();
     let errors = word_errors(&reference, &hypothesis);
@@ -344,15 +349,7 @@ async fn silence_produces_no_text() {
         })
         .collect();
     for samples in [silence, faint_noise] {
-        let report = client::stream_audio(
-            engine.channel().await,
-            &samples,
-            16_000,
-            &StreamOptions::default(),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let report = stream_16k(&engine, &samples).await;
         assert!(report.error.is_none());
         let texts: Vec<&str> = report
             .responses

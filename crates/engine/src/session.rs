@@ -663,6 +663,13 @@ mod tests {
             .collect()
     }
 
+    fn finals(outputs: &[SessionOutput]) -> Vec<&RecognitionResult> {
+        results(outputs)
+            .into_iter()
+            .filter(|r| r.is_final)
+            .collect()
+    }
+
     #[test]
     fn silence_is_never_decoded() {
         let mut session = session(settings());
@@ -735,10 +742,7 @@ mod tests {
         session.end_of_stream();
         answer_all(&mut session);
         let outputs = session.take_outputs();
-        let finals: Vec<_> = results(&outputs)
-            .into_iter()
-            .filter(|r| r.is_final)
-            .collect();
+        let finals = finals(&outputs);
         assert!(finals.len() >= 4, "{finals:?}");
         assert!(outputs.iter().any(
             |o| matches!(o, SessionOutput::EngineEvent { code, .. } if *code == "utterance_split")
@@ -771,10 +775,7 @@ mod tests {
         session.finalize();
         answer_all(&mut session);
         let outputs = session.take_outputs();
-        let finals: Vec<_> = results(&outputs)
-            .into_iter()
-            .filter(|r| r.is_final)
-            .collect();
+        let finals = finals(&outputs);
         let answer = finals.last().expect("a final");
         assert!(answer.from_finalize);
         assert!(!answer.text.is_empty());

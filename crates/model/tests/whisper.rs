@@ -20,6 +20,18 @@ fn request(samples: &[f32], n_mels: usize) -> RecognitionRequest {
     RecognitionRequest::new(mel.raw_frames(0, mel.frames_computed()), WindowKind::Final)
 }
 
+fn first_two_fixtures(recognizer: &WhisperRecognizer) -> Vec<RecognitionRequest> {
+    corpus::load(&corpus::fixtures_dir())
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|r| {
+            let audio = earshot_audio::wav::read_wav(&r.path).unwrap();
+            request(&audio.samples, recognizer.n_mels())
+        })
+        .collect()
+}
+
 #[test]
 fn transcribes_bundled_recordings_in_one_batch() {
     let mut recognizer = load();
@@ -71,15 +83,7 @@ fn transcribes_bundled_recordings_in_one_batch() {
 #[test]
 fn batching_does_not_change_the_text() {
     let mut recognizer = load();
-    let recordings = corpus::load(&corpus::fixtures_dir()).unwrap();
-    let requests: Vec<RecognitionRequest> = recordings
-        .iter()
-        .take(2)
-        .map(|r| {
-            let audio = earshot_audio::wav::read_wav(&r.path).unwrap();
-            request(&audio.samples, recognizer.n_mels())
-        })
-        .collect();
+    let requests = first_two_fixtures(&recognizer);
     let batched = recognizer.recognize_batch(&requests).unwrap();
     for (request, batched) in requests.iter().zip(&batched) {
         let single = recognizer
@@ -111,15 +115,7 @@ fn missing_model_names_the_fetch_command() {
 #[test]
 fn a_forced_prefix_is_kept_and_does_not_disturb_other_rows() {
     let mut recognizer = load();
-    let recordings = corpus::load(&corpus::fixtures_dir()).unwrap();
-    let requests: Vec<RecognitionRequest> = recordings
-        .iter()
-        .take(2)
-        .map(|r| {
-            let audio = earshot_audio::wav::read_wav(&r.path).unwrap();
-            request(&audio.samples, recognizer.n_mels())
-        })
-        .collect();
+    let requests = first_two_fixtures(&recognizer);
     let alone = recognizer.recognize_batch(&requests).unwrap();
     // Row 1 takes its own first five tokens as given; row 0 is padded to match.
     let mut prefixed = requests[1].clone();
