@@ -100,6 +100,9 @@ pub struct RecognitionArgs {
     /// On SIGTERM, how long streams get to receive their last finals, in seconds.
     #[arg(long, default_value_t = 10)]
     pub shutdown_deadline_secs: u64,
+    /// Close a stream that sends nothing for this many seconds (after its finals).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
 }
 
 impl RecognitionArgs {
@@ -112,6 +115,7 @@ impl RecognitionArgs {
             max_wait: Duration::from_millis(self.max_wait_ms),
             max_sessions: self.max_sessions,
             shutdown_deadline: Duration::from_secs(self.shutdown_deadline_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
         };
         config.validate()?;
         Ok(config)

@@ -541,3 +541,42 @@ async fn shared_corpus_word_error_rate_by_group() {
     );
     assert!(total.rate() < MAX_WER, "WER {:.3}", total.rate());
 }
+
+#[tokio::test]
+async fn an_idle_stream_is_flushed_and_closed() {
+    let engine = EngineProcess::start(&["--idle-timeout-secs", "2"]).await;
+    let recording = fixture("ls_1089-134691-0001.wav");
+    let (samples, _) = read_samples(&recording);
+    let (sender, receiver) = mpsc::channel(128);
+    sender.send(config(16_000, 1, "PCM_INT16")).await.unwrap();
+    for chunk in samples.chunks(1600) {
+        sender.send(audio(pcm::encode_pcm16(chunk))).await.unwrap();
+    }
+    // The client keeps the stream open but sends nothing more.
+    let mut client = SpeechToTextClient::new(engine.channel().await);
+    let mut inbound = client
+        .streaming_recognize(ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(60), inbound.message())
+            .await
+            .expect("the engine closes an idle stream")
+        {
+            Ok(Some(response)) if response.is_final => text.push_str(&response.transcript),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("an idle stream ends with a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("no audio"), "{status:?}");
+    let errors = word_errors(&recording.reference, &text);
+    assert!(
+        errors.rate() < MAX_WER,
+        "audio before the pause is kept: {text}"
+    );
+    drop(sender);
+}

@@ -19,6 +19,9 @@ pub struct EngineConfig {
     pub max_sessions: usize,
     /// On shutdown, how long streams get to receive their last finals.
     pub shutdown_deadline: Duration,
+    /// A stream that sends nothing for this long is flushed and closed, so that abandoned
+    /// streams do not hold sessions forever.
+    pub idle_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -31,6 +34,7 @@ impl Default for EngineConfig {
             max_wait: Duration::from_millis(50),
             max_sessions: 64,
             shutdown_deadline: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -58,6 +62,8 @@ pub enum ConfigError {
     MaxSessions,
     #[error("max wait of {0:?} is longer than 1 s")]
     MaxWait(Duration),
+    #[error("idle timeout must be at least 1 s")]
+    IdleTimeout,
 }
 
 impl EngineConfig {
@@ -79,6 +85,9 @@ impl EngineConfig {
         }
         if self.max_wait > Duration::from_secs(1) {
             return Err(ConfigError::MaxWait(self.max_wait));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::IdleTimeout);
         }
         Ok(())
     }

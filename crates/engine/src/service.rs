@@ -115,6 +115,10 @@ enum StreamError {
     ShuttingDown,
     #[error("the recognizer is unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "no audio for {0:?}: the stream was closed after its finals; send audio (or silence) continuously"
+    )]
+    Idle(Duration),
 }
 
 impl From<StreamError> for Status {
@@ -125,6 +129,7 @@ impl From<StreamError> for Status {
             StreamError::ShuttingDown | StreamError::Unavailable(_) => {
                 Status::unavailable(err.to_string())
             }
+            StreamError::Idle(_) => Status::out_of_range(err.to_string()),
         }
     }
 }
@@ -178,6 +183,10 @@ impl StreamTask {
         let mut in_flight: Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)> = None;
         let mut input_open = true;
         let mut shutting_down = false;
+        let mut went_idle = false;
+        let idle_timeout = self.state.config.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
         loop {
             self.send_outputs(&mut session).await?;
             if in_flight.is_none() {
@@ -190,6 +199,7 @@ impl StreamTask {
             tokio::select! {
                 message = inbound.message(), if read_allowed => match message {
                     Ok(Some(request)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                         if request.audio_config.is_some() || request.recognition_config.is_some() {
                             return Err(StreamError::InvalidArgument(
                                 "audio_config and recognition_config are only accepted in the first request".into(),
@@ -216,12 +226,20 @@ impl StreamTask {
                     if in_flight.is_some() =>
                 {
                     let (ticket, _) = in_flight.take().expect("guarded by the select condition");
+                    // Time spent not reading (backlogged) is not the client's idleness.
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     let transcript = match result {
                         Ok(Ok(transcript)) => transcript,
                         Ok(Err(message)) => return Err(StreamError::Inference(message)),
                         Err(_) => return Err(StreamError::Unavailable("recognizer thread stopped".into())),
                     };
                     session.finish(ticket, Some(transcript));
+                }
+                () = &mut idle, if read_allowed => {
+                    tracing::info!(?idle_timeout, "no audio; closing the stream");
+                    session.end_of_stream();
+                    input_open = false;
+                    went_idle = true;
                 }
                 () = self.state.shutdown.cancelled(), if input_open => {
                     session.end_of_stream();
@@ -237,6 +255,9 @@ impl StreamTask {
         self.send_outputs(&mut session).await?;
         if shutting_down {
             return Err(StreamError::ShuttingDown);
+        }
+        if went_idle {
+            return Err(StreamError::Idle(idle_timeout));
         }
         Ok(())
     }

@@ -323,6 +323,8 @@ impl Decoder {
         } else {
             None
         };
+        // Masks are built in f32; the attention logits may be f16 on a GPU.
+        let mask = mask.map(|m| m.to_dtype(x.dtype())).transpose()?;
         let mut captured = Vec::new();
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed = layer.self_attention_norm.forward(&x)?;
