@@ -25,6 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything on one machine: the gateway (WebSocket, page) and an engine.
+    Serve(ServeArgs),
+    /// Run the WebSocket gateway in front of one or more engines.
+    Gateway(GatewayCommandArgs),
     /// Run the SpeechToText gRPC engine.
     Engine(EngineArgs),
     /// Stream a WAV file through the engine and print partial and final results.
@@ -122,6 +126,62 @@ impl RecognitionArgs {
     }
 }
 
+#[derive(Args, Clone)]
+pub struct GatewayArgs {
+    /// Concurrent WebSocket sessions; more are answered with HTTP 503 and Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest binary (audio) frame accepted, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Unsent audio per session beyond which it is closed with 1008, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_buffer_bytes: usize,
+    /// Unsent audio (ms) at which the client is sent `slow_down`.
+    #[arg(long, default_value_t = 2000)]
+    pub slow_down_ms: u64,
+    /// Unsent audio (ms) below which the client is sent `resume`.
+    #[arg(long, default_value_t = 500)]
+    pub resume_ms: u64,
+}
+
+impl GatewayArgs {
+    fn config(&self, engines: Vec<String>) -> earshot_gateway::GatewayConfig {
+        earshot_gateway::GatewayConfig {
+            engines,
+            max_sessions: self.max_connections,
+            max_frame_bytes: self.max_frame_bytes,
+            max_buffer_bytes: self.max_buffer_bytes,
+            slow_down_ms: self.slow_down_ms,
+            resume_ms: self.resume_ms,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address for the page, the WebSocket API and health endpoints.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    recognition: RecognitionArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[derive(Args)]
+struct GatewayCommandArgs {
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// An engine to use (repeat for several; sessions go to the least loaded).
+    #[arg(long = "engine", default_value = "http://127.0.0.1:50051")]
+    engines: Vec<String>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
 #[derive(Args)]
 struct EngineArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed).
@@ -136,7 +196,7 @@ struct EngineArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Engine(_) => "info",
+        Command::Engine(_) | Command::Serve(_) | Command::Gateway(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -147,6 +207,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve(args)),
+        Command::Gateway(args) => runtime()?.block_on(run_gateway(args)),
         Command::Engine(args) => runtime()?.block_on(run_engine(args)),
         Command::Transcribe(args) => runtime()?.block_on(transcribe::run(args)),
         Command::Model(ModelCommand::Fetch { model_dir, force }) => {
@@ -182,6 +244,40 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     println!("earshot engine listening on {local_addr}");
     earshot_engine::run_engine(config, Box::new(recognizer), listener, shutdown_signal()).await?;
     tracing::info!("engine stopped");
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let engine_config = args.recognition.engine_config()?;
+    let recognizer = args.model.load()?;
+    let gateway_listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let engine_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let engine_url = format!("http://{}", engine_listener.local_addr()?);
+    let engine =
+        earshot_engine::RunningEngine::start(engine_config, Box::new(recognizer), engine_listener)
+            .await?;
+    let state = earshot_gateway::GatewayState::new(args.gateway.config(vec![engine_url]))?;
+    let addr = gateway_listener.local_addr()?;
+    // Scripts and tests read this line to find a port chosen with :0.
+    println!("earshot listening on http://{addr}/ (open it in a browser)");
+    earshot_gateway::serve(state, gateway_listener, shutdown_signal()).await?;
+    engine.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
+    let state = earshot_gateway::GatewayState::new(args.gateway.config(args.engines))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "earshot gateway listening on http://{}/",
+        listener.local_addr()?
+    );
+    earshot_gateway::serve(state, listener, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -141,3 +141,77 @@ pub fn read_samples(recording: &Recording) -> (Vec<f32>, u32) {
     let audio = earshot_audio::wav::read_wav(&recording.path).expect("read wav");
     (audio.samples, audio.sample_rate)
 }
+
+/// An `earshot serve` child process (gateway + engine), killed on drop.
+pub struct ServeProcess {
+    pub child: Child,
+    /// `host:port` of the gateway.
+    pub addr: String,
+}
+
+impl ServeProcess {
+    pub async fn start(extra_args: &[&str]) -> Self {
+        let mut child = Command::new(earshot_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+            .arg(model_dir())
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn earshot serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+            .to_string();
+        let serve = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http_get(&serve.addr, "/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        serve
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/v1/stt{query}", self.addr)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare HTTP/1.1 GET: (status, headers and body as text). Status 0 if unreachable.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,0 +1,236 @@
+//! The gateway end to end: `earshot serve` on port 0, driven by a real WebSocket client with
+//! real speech (protocol v1, docs/websocket.md).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ServeProcess, fixture, http_get, read_samples};
+use earshot_audio::pcm;
+use earshot_loadgen::wer::word_errors;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const MAX_WER: f64 = 0.12;
+
+async fn connect(serve: &ServeProcess, query: &str) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(serve.ws_url(query))
+        .await
+        .expect("WebSocket upgrade");
+    socket
+}
+
+/// Reads messages until the close frame; returns the JSON messages and the close code.
+async fn read_to_close(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(120), socket.next())
+            .await
+            .expect("the server answers");
+        match next {
+            Some(Ok(Message::Text(text))) => messages.push(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return (messages, frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (messages, None),
+        }
+    }
+}
+
+fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    messages.iter().filter(|m| m["type"] == kind).collect()
+}
+
+#[tokio::test]
+async fn streams_speech_and_closes_cleanly() {
+    let serve = ServeProcess::start(&[]).await;
+    let recording = fixture("jfk.wav");
+    let (samples, _) = read_samples(&recording);
+    let mut socket = connect(&serve, "").await;
+    // 100 ms frames at real-time pace.
+    let started = tokio::time::Instant::now();
+    for (idx, frame) in samples.chunks(1600).enumerate() {
+        tokio::time::sleep_until(started + Duration::from_millis(100 * (idx as u64 + 1))).await;
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+    socket
+        .send(Message::Text(r#"{"type":"close"}"#.into()))
+        .await
+        .unwrap();
+    let (messages, code) = read_to_close(&mut socket).await;
+    assert_eq!(messages[0]["type"], "session", "{:?}", messages[0]);
+    assert_eq!(messages[0]["sample_rate"], 16_000);
+    let results = of_type(&messages, "result");
+    let first_partial = results.iter().position(|r| r["is_final"] == false);
+    let first_final = results.iter().position(|r| r["is_final"] == true);
+    assert!(
+        matches!((first_partial, first_final), (Some(p), Some(f)) if p < f),
+        "partials come before finals"
+    );
+    let text: Vec<&str> = results
+        .iter()
+        .filter(|r| r["is_final"] == true)
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    let errors = word_errors(&recording.reference, &text.join(" "));
+    assert!(errors.rate() < MAX_WER, "{text:?}: {errors:?}");
+    let final_result = results.iter().find(|r| r["is_final"] == true).unwrap();
+    assert!(
+        final_result["words"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+    );
+    assert!(final_result["confidence"].as_f64().unwrap() > 0.0);
+    assert!(!of_type(&messages, "speech_started").is_empty());
+    let closed = messages.last().unwrap();
+    assert_eq!(closed["type"], "closed");
+    assert_eq!(closed["reason"], "normal");
+    assert!(closed["audio_ms"].as_u64().unwrap() >= 10_900);
+    assert_eq!(code, Some(CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn finalize_and_ping_are_answered() {
+    let serve = ServeProcess::start(&[]).await;
+    let recording = fixture("lv_austen-0870.wav");
+    let (samples, _) = read_samples(&recording);
+    let mut socket = connect(&serve, "?interim_results=false").await;
+    socket
+        .send(Message::Text(r#"{"type":"ping","id":42}"#.into()))
+        .await
+        .unwrap();
+    for frame in samples[..16_000 * 3].chunks(1600) {
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+    socket
+        .send(Message::Text(r#"{"type":"finalize"}"#.into()))
+        .await
+        .unwrap();
+    let mut pong = false;
+    let answer = loop {
+        let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).unwrap();
+        if value["type"] == "pong" {
+            assert_eq!(value["id"], 42);
+            pong = true;
+        }
+        if value["type"] == "result" {
+            assert_eq!(
+                value["is_final"], true,
+                "interim_results=false: finals only"
+            );
+            if value["from_finalize"] == true {
+                break value;
+            }
+        }
+    };
+    assert!(pong);
+    assert!(!answer["text"].as_str().unwrap().is_empty());
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_the_documented_close_code() {
+    let serve = ServeProcess::start(&["--max-frame-bytes", "32000"]).await;
+    let cases: Vec<(&str, Message, &str, CloseCode)> = vec![
+        (
+            "",
+            Message::Text(r#"{"type":"dance"}"#.into()),
+            "invalid_message",
+            CloseCode::Unsupported,
+        ),
+        (
+            "",
+            Message::Text("not json".into()),
+            "invalid_message",
+            CloseCode::Unsupported,
+        ),
+        (
+            "",
+            Message::Binary(vec![0u8; 3201].into()),
+            "invalid_audio",
+            CloseCode::Unsupported,
+        ),
+        (
+            "?encoding=pcm_f32le",
+            Message::Binary(vec![0u8; 3202].into()),
+            "invalid_audio",
+            CloseCode::Unsupported,
+        ),
+        (
+            "",
+            Message::Binary(vec![0u8; 40_000].into()),
+            "frame_too_large",
+            CloseCode::Policy,
+        ),
+        (
+            "?sample_rate=96000",
+            Message::Binary(vec![0u8; 3200].into()),
+            "invalid_parameter",
+            CloseCode::Unsupported,
+        ),
+    ];
+    for (query, message, expected_code, expected_close) in cases {
+        let mut socket = connect(&serve, query).await;
+        let _ = socket.send(message).await;
+        let (messages, code) = read_to_close(&mut socket).await;
+        let errors = of_type(&messages, "error");
+        assert_eq!(errors.len(), 1, "{query} {messages:?}");
+        assert_eq!(errors[0]["code"], expected_code, "{messages:?}");
+        assert!(!errors[0]["message"].as_str().unwrap().is_empty());
+        assert_eq!(code, Some(expected_close), "{expected_code}: {messages:?}");
+        assert_eq!(messages.last().unwrap()["type"], "closed");
+    }
+}
+
+#[tokio::test]
+async fn overload_is_refused_before_the_upgrade_with_503() {
+    let serve = ServeProcess::start(&["--max-connections", "1"]).await;
+    let _first = connect(&serve, "").await;
+    let (status, response) = http_get_upgrade(&serve.addr).await;
+    assert_eq!(status, 503, "{response}");
+    assert!(
+        response.to_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
+    assert_eq!(http_get(&serve.addr, "/healthz").await.0, 200);
+}
+
+/// A WebSocket upgrade request by hand, to see the HTTP answer.
+async fn http_get_upgrade(addr: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/stt HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,0 +1,192 @@
+//! The gateway: WebSocket sessions (protocol v1, docs/websocket.md) bridged to engine gRPC
+//! streams, with flow control, limits and health endpoints.
+
+pub mod engines;
+pub mod flow;
+pub mod protocol;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engines::EnginePool;
+use crate::protocol::{StreamParams, StreamSettings};
+use crate::session::Session;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Engine URLs, e.g. `http://127.0.0.1:50051`.
+    pub engines: Vec<String>,
+    /// Concurrent WebSocket sessions; more are answered 503 before the upgrade.
+    pub max_sessions: usize,
+    /// Largest binary frame accepted.
+    pub max_frame_bytes: usize,
+    /// Unsent audio beyond which a session is closed with 1008.
+    pub max_buffer_bytes: usize,
+    /// Unsent audio (in ms) at which the client is told to slow down, and below which to resume.
+    pub slow_down_ms: u64,
+    pub resume_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            engines: vec!["http://127.0.0.1:50051".into()],
+            max_sessions: 1024,
+            max_frame_bytes: 256 * 1024,
+            max_buffer_bytes: 1024 * 1024,
+            slow_down_ms: 2000,
+            resume_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Engines(#[from] engines::PoolError),
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+}
+
+impl GatewayConfig {
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.max_sessions == 0 {
+            return Err(GatewayError::Config(
+                "max sessions must be at least 1".into(),
+            ));
+        }
+        if self.resume_ms >= self.slow_down_ms {
+            return Err(GatewayError::Config(format!(
+                "resume at {} ms must be below slow-down at {} ms",
+                self.resume_ms, self.slow_down_ms
+            )));
+        }
+        if self.max_frame_bytes == 0 || self.max_buffer_bytes < self.max_frame_bytes {
+            return Err(GatewayError::Config(
+                "the buffer limit must hold at least one frame".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct GatewayState {
+    pub config: GatewayConfig,
+    pub engines: Arc<EnginePool>,
+    active_sessions: AtomicUsize,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl GatewayState {
+    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        config.validate()?;
+        let engines = Arc::new(EnginePool::new(&config.engines)?);
+        Ok(Arc::new(Self {
+            config,
+            engines,
+            active_sessions: AtomicUsize::new(0),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.active_sessions.load(Ordering::Relaxed)
+    }
+}
+
+pub fn router(state: Arc<GatewayState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/v1/stt", get(stt))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../../../web/index.html"))
+}
+
+async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
+    if state.engines.any_serving() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no engine is serving").into_response()
+    }
+}
+
+async fn stt(
+    State(state): State<Arc<GatewayState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<StreamParams>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Count the session before the upgrade so that a burst cannot overshoot the limit.
+    let previous = state.active_sessions.fetch_add(1, Ordering::AcqRel);
+    if previous >= state.config.max_sessions || state.shutdown.is_cancelled() {
+        state.active_sessions.fetch_sub(1, Ordering::AcqRel);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "the gateway is at capacity; retry later",
+        )
+            .into_response();
+    }
+    let settings = StreamSettings::default().apply(&params);
+    // Room for a frame over the limit, so that it is refused with a clear error rather than
+    // by the WebSocket layer.
+    let frame_limit = state
+        .config
+        .max_frame_bytes
+        .saturating_mul(2)
+        .max(64 * 1024);
+    upgrade
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(async move {
+                let (session, validation) =
+                    Session::new(state.clone(), socket, Some(peer), settings);
+                let span = tracing::info_span!("session", session_id = %session.id());
+                let _ = tracing::Instrument::instrument(session.run(validation), span).await;
+                state.active_sessions.fetch_sub(1, Ordering::AcqRel);
+            })
+        })
+}
+
+/// Serves the gateway on `listener` until `shutdown`, then waits for sessions to end.
+pub async fn serve(
+    state: Arc<GatewayState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let health = state
+        .engines
+        .clone()
+        .spawn_health_checks(state.shutdown.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = state.shutdown.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    state.tracker.close();
+    state.tracker.wait().await;
+    health.abort();
+    result
+}
