@@ -12,7 +12,7 @@ model:
 		$(CARGO) run --release -p earshot-cli -- model fetch --model-dir "$(MODEL_DIR)"
 
 run: model
-	$(CARGO) run --release -p earshot-cli -- engine
+	$(CARGO) run --release -p earshot-cli -- serve
 
 lint:
 	$(CARGO) fmt --all -- --check
