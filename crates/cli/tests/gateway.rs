@@ -234,3 +234,89 @@ async fn http_get_upgrade(addr: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// About `seconds` of real speech: the bundled recordings back to back.
+fn speech(seconds: usize) -> Vec<f32> {
+    let mut samples = Vec::new();
+    while samples.len() < seconds * 16_000 {
+        for recording in common::fixtures() {
+            samples.extend(read_samples(&recording).0);
+        }
+    }
+    samples.truncate(seconds * 16_000);
+    samples
+}
+
+#[tokio::test]
+async fn a_client_faster_than_the_engine_is_told_to_slow_down_then_resume() {
+    let serve = ServeProcess::start(&["--slow-down-ms", "1000", "--resume-ms", "200"]).await;
+    let mut socket = connect(&serve, "").await;
+    // 25 s of speech at once: far faster than the engine transcribes it on this machine.
+    for frame in speech(25).chunks(1600) {
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+    socket
+        .send(Message::Text(r#"{"type":"close"}"#.into()))
+        .await
+        .unwrap();
+    let (messages, code) = read_to_close(&mut socket).await;
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .filter(|k| *k == "slow_down" || *k == "resume")
+        .collect();
+    assert!(
+        kinds.starts_with(&["slow_down", "resume"]),
+        "slow_down then resume expected: {kinds:?}"
+    );
+    let slow_down = of_type(&messages, "slow_down")[0];
+    assert!(slow_down["buffered_ms"].as_u64().unwrap() >= 1000);
+    assert_eq!(code, Some(CloseCode::Normal));
+    assert_eq!(messages.last().unwrap()["reason"], "normal");
+}
+
+#[tokio::test]
+async fn passing_the_buffer_limit_closes_with_1008() {
+    let serve = ServeProcess::start(&["--max-buffer-bytes", "300000"]).await;
+    let socket = connect(&serve, "").await;
+    let (mut writer, mut reader) = socket.split();
+    // A client that ignores slow_down: it keeps writing while the server answers.
+    let flood = tokio::spawn(async move {
+        for frame in speech(40).chunks(1600) {
+            if writer
+                .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        writer
+    });
+    let mut messages: Vec<Value> = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(120), reader.next())
+            .await
+            .expect("the server answers")
+        {
+            Some(Ok(Message::Text(text))) => messages.push(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => panic!("{err}: {messages:?}"),
+            None => break None,
+        }
+    };
+    let _ = flood.await;
+    let errors = of_type(&messages, "error");
+    assert_eq!(errors.len(), 1, "{messages:?}");
+    assert_eq!(errors[0]["code"], "buffer_limit");
+    assert_eq!(
+        messages.last().unwrap()["reason"],
+        "buffer_limit",
+        "{messages:?}"
+    );
+    assert_eq!(code, Some(CloseCode::Policy));
+}

@@ -34,6 +34,9 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// How long a closing session waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Frames queued for the engine, whatever their size; bytes are bounded separately.
 const AUDIO_QUEUE_FRAMES: usize = 1024;
 
@@ -485,6 +488,17 @@ impl Session {
                 reason: Utf8Bytes::from(reason.as_str()),
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
+            // Complete the closing handshake: read (and discard) until the client's close.
+            // Dropping the connection with unread audio in it would make the kernel reset it,
+            // and the client could lose the `closed` message and close frame just sent.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
         self.end_audio();
         if let Some(mut engine) = self.engine.take() {
