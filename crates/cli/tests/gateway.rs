@@ -94,6 +94,33 @@ async fn streams_speech_and_closes_cleanly() {
     assert_eq!(closed["reason"], "normal");
     assert!(closed["audio_ms"].as_u64().unwrap() >= 10_900);
     assert_eq!(code, Some(CloseCode::Normal));
+
+    // Complete the closing handshake, then wait for the session to be counted as closed.
+    let _ = socket.close(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, metrics) = http_get(&serve.addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if metrics.contains("stt_sessions_closed_total{reason=\"normal\"} 1") {
+            break metrics;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("stt_audio_chunks_received_total"), 110.0);
+    assert!(value("stt_latency_seconds_count") >= 2.0);
+    assert!(value("stt_latency_seconds_bucket{le=\"+Inf\"}") >= 2.0);
+    assert_eq!(value("stt_sessions_closed_total{reason=\"normal\"}"), 1.0);
+    assert!(value("stt_first_partial_seconds_count") >= 1.0);
+    assert!(value("stt_final_latency_seconds_count") >= 1.0);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod engines;
 pub mod flow;
+pub mod metrics;
 pub mod protocol;
 pub mod session;
 
@@ -19,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engines::EnginePool;
+use crate::metrics::GatewayMetrics;
 use crate::protocol::{StreamParams, StreamSettings};
-use crate::session::Session;
+use crate::session::{CloseReason, Session};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -83,6 +85,7 @@ impl GatewayConfig {
 pub struct GatewayState {
     pub config: GatewayConfig,
     pub engines: Arc<EnginePool>,
+    pub metrics: GatewayMetrics,
     active_sessions: AtomicUsize,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -95,6 +98,7 @@ impl GatewayState {
         Ok(Arc::new(Self {
             config,
             engines,
+            metrics: GatewayMetrics::default(),
             active_sessions: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -112,11 +116,23 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/stt", get(stt))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(state)
 }
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../../../web/index.html"))
+}
+
+async fn metrics_text(State(state): State<Arc<GatewayState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<Arc<GatewayState>>) -> Response {
@@ -137,6 +153,7 @@ async fn stt(
     let previous = state.active_sessions.fetch_add(1, Ordering::AcqRel);
     if previous >= state.config.max_sessions || state.shutdown.is_cancelled() {
         state.active_sessions.fetch_sub(1, Ordering::AcqRel);
+        state.metrics.connections_rejected.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
@@ -158,10 +175,20 @@ async fn stt(
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
             tracker.track_future(async move {
+                state.metrics.sessions_opened.inc();
+                state.metrics.connections_active.inc();
                 let (session, validation) =
                     Session::new(state.clone(), socket, Some(peer), settings);
                 let span = tracing::info_span!("session", session_id = %session.id());
-                let _ = tracing::Instrument::instrument(session.run(validation), span).await;
+                let reason = tracing::Instrument::instrument(session.run(validation), span).await;
+                state.metrics.session_closed(reason.as_str());
+                if matches!(
+                    reason,
+                    CloseReason::InvalidInput | CloseReason::FrameTooLarge
+                ) {
+                    state.metrics.error("websocket");
+                }
+                state.metrics.connections_active.dec();
                 state.active_sessions.fetch_sub(1, Ordering::AcqRel);
             })
         })

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use tonic::{Code, Streaming};
 use crate::GatewayState;
 use crate::engines::EngineClaim;
 use crate::flow::{FlowControl, FlowSignal};
+use crate::metrics::ArrivalLog;
 use crate::protocol::{ClientMessage, ServerMessage, StreamParams, StreamSettings, Word};
 
 /// WebSocket close codes of protocol v1.
@@ -102,6 +104,11 @@ pub struct Session {
     flow: FlowControl,
     audio_bytes: u64,
     segments: u64,
+    arrivals: ArrivalLog,
+    /// Audio time of the current utterance's onset until its first partial is sent.
+    awaiting_first_partial: Option<i64>,
+    /// Audio time where the current utterance's speech ended, until its final is sent.
+    awaiting_final: Option<i64>,
 }
 
 impl Session {
@@ -125,6 +132,9 @@ impl Session {
             flow,
             audio_bytes: 0,
             segments: 0,
+            arrivals: ArrivalLog::default(),
+            awaiting_first_partial: None,
+            awaiting_final: None,
             state,
         };
         (session, validation)
@@ -280,6 +290,11 @@ impl Session {
         }
         self.ensure_engine().await?;
         self.audio_bytes += data.len() as u64;
+        let metrics = &self.state.metrics;
+        metrics.audio_chunks_received.inc();
+        metrics.audio_bytes_received.inc_by(data.len() as u64);
+        let audio_end_ms = (self.audio_bytes as f64 / self.settings.bytes_per_ms()) as u64;
+        self.arrivals.record(audio_end_ms, Instant::now());
         self.queue(StreamingRecognizeRequest {
             audio_content: data.to_vec(),
             ..Default::default()
@@ -312,6 +327,7 @@ impl Session {
         match self.flow.on_buffered(buffered) {
             FlowSignal::Nothing => Ok(()),
             FlowSignal::SlowDown => {
+                self.state.metrics.slow_down.inc();
                 let buffered_ms = (buffered as f64 / self.settings.bytes_per_ms()) as u64;
                 self.send(ServerMessage::SlowDown { buffered_ms }).await;
                 Ok(())
@@ -325,6 +341,7 @@ impl Session {
     }
 
     async fn overflow(&mut self) -> Result<(), CloseReason> {
+        self.state.metrics.buffer_limit.inc();
         let limit = self.state.config.max_buffer_bytes;
         self.send(ServerMessage::Error {
             code: "buffer_limit",
@@ -400,6 +417,7 @@ impl Session {
                 Ok(())
             }
             Err(OpenError::Overloaded(message)) => {
+                self.state.metrics.error("grpc");
                 self.send(ServerMessage::Error {
                     code: "overloaded",
                     message,
@@ -408,6 +426,7 @@ impl Session {
                 Err(CloseReason::Overloaded)
             }
             Err(OpenError::Unavailable(message)) => {
+                self.state.metrics.error("grpc");
                 self.send(ServerMessage::Error {
                     code: "engine_unavailable",
                     message,
@@ -419,16 +438,40 @@ impl Session {
     }
 
     async fn on_response(&mut self, response: StreamingRecognizeResponse) {
+        let now = Instant::now();
+        let metrics = &self.state.metrics;
         let message = match ResponseKind::try_from(response.kind) {
-            Ok(ResponseKind::SpeechStarted) => ServerMessage::SpeechStarted {
-                at_ms: response.event_ms,
-            },
-            Ok(ResponseKind::SpeechEnded) => ServerMessage::SpeechEnded {
-                at_ms: response.event_ms,
-            },
+            Ok(ResponseKind::SpeechStarted) => {
+                self.awaiting_first_partial = Some(response.event_ms);
+                ServerMessage::SpeechStarted {
+                    at_ms: response.event_ms,
+                }
+            }
+            Ok(ResponseKind::SpeechEnded) => {
+                self.awaiting_final = Some(response.event_ms);
+                ServerMessage::SpeechEnded {
+                    at_ms: response.event_ms,
+                }
+            }
             Ok(ResponseKind::Result) => {
+                if let Some(latency) = self.arrivals.elapsed_since(response.end_ms, now) {
+                    metrics.latency.observe(latency.as_secs_f64());
+                }
                 if response.is_final {
                     self.segments += 1;
+                    if let Some(latency) = self
+                        .awaiting_final
+                        .take()
+                        .and_then(|at| self.arrivals.elapsed_since(at, now))
+                    {
+                        metrics.final_latency.observe(latency.as_secs_f64());
+                    }
+                } else if let Some(latency) = self
+                    .awaiting_first_partial
+                    .take()
+                    .and_then(|at| self.arrivals.elapsed_since(at, now))
+                {
+                    metrics.first_partial.observe(latency.as_secs_f64());
                 }
                 ServerMessage::Result {
                     text: response.transcript,
@@ -459,6 +502,7 @@ impl Session {
     }
 
     async fn on_engine_error(&mut self, status: tonic::Status) -> CloseReason {
+        self.state.metrics.error("engine");
         let (code, reason) = match status.code() {
             Code::ResourceExhausted => ("overloaded", CloseReason::Overloaded),
             Code::InvalidArgument => ("invalid_audio", CloseReason::InvalidInput),
