@@ -143,9 +143,30 @@ pub struct GatewayArgs {
     /// Unsent audio (ms) below which the client is sent `resume`.
     #[arg(long, default_value_t = 500)]
     pub resume_ms: u64,
+    /// Where transcripts are kept: `sqlite://PATH` (default: an embedded database in the data
+    /// directory) or `mongodb://HOST:PORT/DB`.
+    #[arg(long, env = "EARSHOT_STORE")]
+    pub store: Option<String>,
 }
 
 impl GatewayArgs {
+    async fn open_store(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
+        let url = match &self.store {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                default_data_dir().join("transcripts.sqlite3").display()
+            ),
+        };
+        let store = earshot_store::open_store(&url)
+            .await
+            .with_context(|| format!("cannot open the transcript store {url}"))?;
+        tracing::info!(backend = store.backend(), "transcript store open");
+        Ok(store)
+    }
+
     fn config(&self, engines: Vec<String>) -> earshot_gateway::GatewayConfig {
         earshot_gateway::GatewayConfig {
             engines,
@@ -258,7 +279,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine =
         earshot_engine::RunningEngine::start(engine_config, Box::new(recognizer), engine_listener)
             .await?;
-    let state = earshot_gateway::GatewayState::new(args.gateway.config(vec![engine_url]))?;
+    let store = args.gateway.open_store().await?;
+    let state =
+        earshot_gateway::GatewayState::new(args.gateway.config(vec![engine_url]), Some(store))?;
     let addr = gateway_listener.local_addr()?;
     // Scripts and tests read this line to find a port chosen with :0.
     println!("earshot listening on http://{addr}/ (open it in a browser)");
@@ -269,7 +292,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
-    let state = earshot_gateway::GatewayState::new(args.gateway.config(args.engines))?;
+    let store = args.gateway.open_store().await?;
+    let state = earshot_gateway::GatewayState::new(args.gateway.config(args.engines), Some(store))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -279,6 +303,15 @@ async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
     );
     earshot_gateway::serve(state, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `$XDG_DATA_HOME/earshot`, else `~/.local/share/earshot`.
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("earshot")
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,6 +1,7 @@
 //! The gateway: WebSocket sessions (protocol v1, docs/websocket.md) bridged to engine gRPC
 //! streams, with flow control, limits and health endpoints.
 
+pub mod api;
 pub mod engines;
 pub mod flow;
 pub mod metrics;
@@ -23,6 +24,7 @@ use crate::engines::EnginePool;
 use crate::metrics::GatewayMetrics;
 use crate::protocol::{StreamParams, StreamSettings};
 use crate::session::{CloseReason, Session};
+use earshot_store::{StoreWriter, TranscriptStore};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -86,19 +88,31 @@ pub struct GatewayState {
     pub config: GatewayConfig,
     pub engines: Arc<EnginePool>,
     pub metrics: GatewayMetrics,
+    /// Where transcripts are kept; writes go through `store_writer` and never block audio.
+    pub store: Option<Arc<dyn TranscriptStore>>,
+    pub store_writer: Option<StoreWriter>,
     active_sessions: AtomicUsize,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
 impl GatewayState {
-    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+    /// Must be called within a tokio runtime (the store writer is a task).
+    pub fn new(
+        config: GatewayConfig,
+        store: Option<Arc<dyn TranscriptStore>>,
+    ) -> Result<Arc<Self>, GatewayError> {
         config.validate()?;
         let engines = Arc::new(EnginePool::new(&config.engines)?);
+        let store_writer = store
+            .clone()
+            .map(|store| StoreWriter::spawn(store, STORE_QUEUE_OPS));
         Ok(Arc::new(Self {
             config,
             engines,
             metrics: GatewayMetrics::default(),
+            store,
+            store_writer,
             active_sessions: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -110,6 +124,9 @@ impl GatewayState {
     }
 }
 
+/// Store writes waiting (or retried) during a store outage before sessions report losses.
+const STORE_QUEUE_OPS: usize = 100_000;
+
 pub fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/", get(index))
@@ -117,6 +134,8 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/sessions", get(api::list_sessions))
+        .route("/v1/sessions/{id}", get(api::get_session))
         .with_state(state)
 }
 
@@ -214,6 +233,12 @@ pub async fn serve(
         .await;
     state.tracker.close();
     state.tracker.wait().await;
+    if let Some(writer) = &state.store_writer {
+        let left = writer.flush(std::time::Duration::from_secs(10)).await;
+        if left > 0 {
+            tracing::error!(left, "store writes still pending at exit");
+        }
+    }
     health.abort();
     result
 }

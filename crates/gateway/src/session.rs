@@ -26,6 +26,7 @@ use crate::engines::EngineClaim;
 use crate::flow::{FlowControl, FlowSignal};
 use crate::metrics::ArrivalLog;
 use crate::protocol::{ClientMessage, ServerMessage, StreamParams, StreamSettings, Word};
+use earshot_store::{SegmentRecord, SessionEnd, SessionRecord, SessionStatus, StoreOp, WordRecord};
 
 /// WebSocket close codes of protocol v1.
 pub mod close_code {
@@ -145,6 +146,15 @@ impl Session {
     }
 
     pub async fn run(mut self, validation: Result<(), String>) -> CloseReason {
+        self.persist(StoreOp::CreateSession(SessionRecord {
+            id: self.id.clone(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            client_addr: self.peer.map(|peer| peer.to_string()).unwrap_or_default(),
+            audio_ms: 0,
+            close_reason: None,
+            status: SessionStatus::Active,
+        }));
         let reason = match validation {
             Err(message) => {
                 self.send(ServerMessage::Error {
@@ -439,7 +449,8 @@ impl Session {
 
     async fn on_response(&mut self, response: StreamingRecognizeResponse) {
         let now = Instant::now();
-        let metrics = &self.state.metrics;
+        let state = self.state.clone();
+        let metrics = &state.metrics;
         let message = match ResponseKind::try_from(response.kind) {
             Ok(ResponseKind::SpeechStarted) => {
                 self.awaiting_first_partial = Some(response.event_ms);
@@ -458,7 +469,7 @@ impl Session {
                     metrics.latency.observe(latency.as_secs_f64());
                 }
                 if response.is_final {
-                    self.segments += 1;
+                    self.persist_final(&response);
                     if let Some(latency) = self
                         .awaiting_final
                         .take()
@@ -548,10 +559,23 @@ impl Session {
         if let Some(mut engine) = self.engine.take() {
             while let Ok(Some(response)) = engine.responses.message().await {
                 if response.is_final {
-                    self.segments += 1;
+                    self.persist_final(&response);
                 }
             }
         }
+        let status = match reason {
+            CloseReason::Normal | CloseReason::ClientClosed => SessionStatus::Completed,
+            _ => SessionStatus::Failed,
+        };
+        self.persist(StoreOp::FinishSession {
+            id: self.id.clone(),
+            end: SessionEnd {
+                ended_at_ms: now_ms(),
+                audio_ms: audio_ms as i64,
+                close_reason: reason.as_str().to_string(),
+                status,
+            },
+        });
         tracing::info!(
             session_id = %self.id,
             peer = ?self.peer,
@@ -560,6 +584,45 @@ impl Session {
             segments = self.segments,
             "session ended"
         );
+    }
+
+    /// Counts a final and queues it for the store (empty finals carry no words to keep).
+    fn persist_final(&mut self, response: &StreamingRecognizeResponse) {
+        let index = self.segments as i32;
+        self.segments += 1;
+        if response.transcript.is_empty() {
+            return;
+        }
+        self.persist(StoreOp::AppendSegment(SegmentRecord {
+            session_id: self.id.clone(),
+            index,
+            text: response.transcript.clone(),
+            start_ms: response.start_ms,
+            end_ms: response.end_ms,
+            confidence: response.confidence,
+            words: response
+                .words
+                .iter()
+                .map(|w| WordRecord {
+                    word: w.word.clone(),
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    confidence: w.confidence,
+                })
+                .collect(),
+        }));
+    }
+
+    /// Queues a store write without waiting; a refusal is reported, never silent.
+    fn persist(&self, op: StoreOp) {
+        let Some(writer) = &self.state.store_writer else {
+            return;
+        };
+        let kind = op.kind();
+        if let Err(err) = writer.submit(op) {
+            self.state.metrics.error("store");
+            tracing::error!(session_id = %self.id, op = kind, %err, "transcript write refused");
+        }
     }
 
     async fn send(&mut self, message: ServerMessage) {
@@ -650,6 +713,12 @@ async fn open_engine(
             "no engine accepted the stream ({detail})"
         )))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn flow_control(state: &GatewayState, settings: &StreamSettings) -> FlowControl {

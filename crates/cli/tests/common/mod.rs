@@ -151,10 +151,15 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub async fn start(extra_args: &[&str]) -> Self {
-        let mut child = Command::new(earshot_bin())
+        let mut command = Command::new(earshot_bin());
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(model_dir())
-            .args(extra_args)
+            .args(extra_args);
+        if !extra_args.contains(&"--store") {
+            command.args(["--store", "sqlite::memory:"]);
+        }
+        let mut child = command
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
