@@ -347,3 +347,60 @@ async fn passing_the_buffer_limit_closes_with_1008() {
     );
     assert_eq!(code, Some(CloseCode::Policy));
 }
+
+/// Polls `GET /v1/sessions/{id}` until the session is no longer active.
+async fn stored_session(serve: &ServeProcess, session_id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, response) = http_get(&serve.addr, &format!("/v1/sessions/{session_id}")).await;
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        if status == 200 {
+            let value: Value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+            if value.is_object() && value["session"]["status"] != "active" {
+                return value;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{status} {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_stored() {
+    let serve = ServeProcess::start(&[]).await;
+    let recording = fixture("ls_1089-134691-0001.wav");
+    let (samples, _) = read_samples(&recording);
+    let mut socket = connect(&serve, "").await;
+    let Some(Ok(Message::Text(first))) = socket.next().await else {
+        panic!("session message expected");
+    };
+    let session: Value = serde_json::from_str(&first).unwrap();
+    let session_id = session["session_id"].as_str().unwrap().to_string();
+    for frame in samples.chunks(1600) {
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+    // Like the seed's client: no close message, just the socket closed (a browser's
+    // `ws.close()`, which still reads until the connection ends).
+    socket.close(None).await.unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+    let stored = stored_session(&serve, &session_id).await;
+    assert_eq!(
+        stored["session"]["close_reason"], "client_closed",
+        "{stored}"
+    );
+    assert_eq!(stored["session"]["status"], "completed");
+    let text: Vec<&str> = stored["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    let errors = word_errors(&recording.reference, &text.join(" "));
+    assert!(errors.rate() < MAX_WER, "{text:?}");
+}
