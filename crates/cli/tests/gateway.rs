@@ -25,6 +25,24 @@ async fn connect(serve: &ServeProcess, query: &str) -> Socket {
     socket
 }
 
+/// Sends 16 kHz samples as PCM16 frames of 100 ms, at real-time pace or as fast as possible.
+async fn send_audio(socket: &mut Socket, samples: &[f32], realtime: bool) {
+    let started = tokio::time::Instant::now();
+    for (idx, frame) in samples.chunks(1600).enumerate() {
+        if realtime {
+            tokio::time::sleep_until(started + Duration::from_millis(100 * (idx as u64 + 1))).await;
+        }
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+}
+
+async fn send_text(socket: &mut Socket, text: &str) {
+    socket.send(Message::Text(text.into())).await.unwrap();
+}
+
 /// Reads messages until the close frame; returns the JSON messages and the close code.
 async fn read_to_close(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
     let mut messages = Vec::new();
@@ -52,18 +70,8 @@ async fn streams_speech_and_closes_cleanly() {
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "").await;
     // 100 ms frames at real-time pace.
-    let started = tokio::time::Instant::now();
-    for (idx, frame) in samples.chunks(1600).enumerate() {
-        tokio::time::sleep_until(started + Duration::from_millis(100 * (idx as u64 + 1))).await;
-        socket
-            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
-            .await
-            .unwrap();
-    }
-    socket
-        .send(Message::Text(r#"{"type":"close"}"#.into()))
-        .await
-        .unwrap();
+    send_audio(&mut socket, &samples, true).await;
+    send_text(&mut socket, r#"{"type":"close"}"#).await;
     let (messages, code) = read_to_close(&mut socket).await;
     assert_eq!(messages[0]["type"], "session", "{:?}", messages[0]);
     assert_eq!(messages[0]["sample_rate"], 16_000);
@@ -129,20 +137,9 @@ async fn finalize_and_ping_are_answered() {
     let recording = fixture("lv_austen-0870.wav");
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "?interim_results=false").await;
-    socket
-        .send(Message::Text(r#"{"type":"ping","id":42}"#.into()))
-        .await
-        .unwrap();
-    for frame in samples[..16_000 * 3].chunks(1600) {
-        socket
-            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
-            .await
-            .unwrap();
-    }
-    socket
-        .send(Message::Text(r#"{"type":"finalize"}"#.into()))
-        .await
-        .unwrap();
+    send_text(&mut socket, r#"{"type":"ping","id":42}"#).await;
+    send_audio(&mut socket, &samples[..16_000 * 3], false).await;
+    send_text(&mut socket, r#"{"type":"finalize"}"#).await;
     let mut pong = false;
     let answer = loop {
         let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
@@ -279,16 +276,8 @@ async fn a_client_faster_than_the_engine_is_told_to_slow_down_then_resume() {
     let serve = ServeProcess::start(&["--slow-down-ms", "1000", "--resume-ms", "200"]).await;
     let mut socket = connect(&serve, "").await;
     // 25 s of speech at once: far faster than the engine transcribes it on this machine.
-    for frame in speech(25).chunks(1600) {
-        socket
-            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
-            .await
-            .unwrap();
-    }
-    socket
-        .send(Message::Text(r#"{"type":"close"}"#.into()))
-        .await
-        .unwrap();
+    send_audio(&mut socket, &speech(25), false).await;
+    send_text(&mut socket, r#"{"type":"close"}"#).await;
     let (messages, code) = read_to_close(&mut socket).await;
     let kinds: Vec<&str> = messages
         .iter()
@@ -379,12 +368,7 @@ async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_sto
     };
     let session: Value = serde_json::from_str(&first).unwrap();
     let session_id = session["session_id"].as_str().unwrap().to_string();
-    for frame in samples.chunks(1600) {
-        socket
-            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
-            .await
-            .unwrap();
-    }
+    send_audio(&mut socket, &samples, false).await;
     // Like the seed's client: no close message, just the socket closed (a browser's
     // `ws.close()`, which still reads until the connection ends).
     socket.close(None).await.unwrap();

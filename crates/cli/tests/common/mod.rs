@@ -27,6 +27,26 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// Starts `command` (logs to our stderr) and returns it with the first line it prints, which
+/// names the address it listens on.
+fn spawn_reading_first_line(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn earshot");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the address line");
+    (child, line)
+}
+
 /// An `earshot engine` child process, killed on drop.
 pub struct EngineProcess {
     pub child: Child,
@@ -35,23 +55,12 @@ pub struct EngineProcess {
 
 impl EngineProcess {
     pub async fn start(extra_args: &[&str]) -> Self {
-        let mut child = Command::new(earshot_bin())
+        let mut command = Command::new(earshot_bin());
+        command
             .args(["engine", "--listen", "127.0.0.1:0", "--model"])
             .arg(model_dir())
-            .args(extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn earshot engine");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the engine's address line");
+            .args(extra_args);
+        let (child, line) = spawn_reading_first_line(command);
         let addr = line
             .trim()
             .rsplit(' ')
@@ -159,20 +168,7 @@ impl ServeProcess {
         if !extra_args.contains(&"--store") {
             command.args(["--store", "sqlite::memory:"]);
         }
-        let mut child = command
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn earshot serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the address line");
+        let (child, line) = spawn_reading_first_line(command);
         let addr = line
             .split("http://")
             .nth(1)
