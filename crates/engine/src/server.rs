@@ -2,7 +2,6 @@
 //! SERVING, and an orderly shutdown (not-serving, stop accepting, flush finals, deadline).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +53,6 @@ pub struct RunningEngine {
     stop_accepting: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     recognizer_thread: std::thread::JoinHandle<()>,
-    local_addr: Option<SocketAddr>,
 }
 
 impl RunningEngine {
@@ -114,21 +112,12 @@ impl RunningEngine {
             stop_accepting,
             server,
             recognizer_thread,
-            local_addr,
         })
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
     }
 
     /// Model-call counters (batches, windows, busy time).
     pub fn stats(&self) -> Arc<BatcherStats> {
         self.state.batcher.stats().clone()
-    }
-
-    pub fn active_sessions(&self) -> usize {
-        self.state.active_sessions()
     }
 
     /// Reports NOT_SERVING, lets every stream flush its finals (up to the shutdown deadline),

@@ -155,7 +155,6 @@ pub struct Session {
     detector: VoiceActivityDetector,
     endpointer: Endpointer,
     mel: LogMelStream,
-    n_mels: usize,
     scores: Vec<f32>,
     /// VAD scores of recent frames, to find a cut point.
     recent_scores: VecDeque<(u64, f32)>,
@@ -187,7 +186,6 @@ impl Session {
             detector: VoiceActivityDetector::new(),
             endpointer: Endpointer::new(endpoint_config),
             mel: LogMelStream::new(mel_filters, n_mels),
-            n_mels,
             scores: Vec::new(),
             recent_scores: VecDeque::new(),
             input_samples: 0,
@@ -552,10 +550,6 @@ impl Session {
                     .saturating_sub(duration_to_mel_frames(IDLE_HISTORY))
             });
         self.mel.discard_before(needed_from);
-    }
-
-    pub fn n_mels(&self) -> usize {
-        self.n_mels
     }
 }
 

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use earshot_store::StoreError;
+
 use crate::GatewayState;
 
 const DEFAULT_LIMIT: usize = 50;
@@ -29,28 +31,34 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
+fn no_store() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_store",
+        "transcripts are not stored".into(),
+    )
+}
+
+fn store_failure(state: &GatewayState, err: &StoreError) -> Response {
+    state.metrics.error("store");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        err.to_string(),
+    )
+}
+
 pub async fn list_sessions(
     State(state): State<Arc<GatewayState>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
     let Some(store) = &state.store else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_store",
-            "transcripts are not stored".into(),
-        );
+        return no_store();
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     match store.list_sessions(limit, query.before).await {
         Ok(sessions) => Json(serde_json::json!({ "sessions": sessions })).into_response(),
-        Err(err) => {
-            state.metrics.error("store");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                err.to_string(),
-            )
-        }
+        Err(err) => store_failure(&state, &err),
     }
 }
 
@@ -59,11 +67,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> Response {
     let Some(store) = &state.store else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_store",
-            "transcripts are not stored".into(),
-        );
+        return no_store();
     };
     match store.get_session(&id).await {
         Ok(Some(found)) => Json(found).into_response(),
@@ -72,13 +76,6 @@ pub async fn get_session(
             "not_found",
             format!("no session {id:?}"),
         ),
-        Err(err) => {
-            state.metrics.error("store");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                err.to_string(),
-            )
-        }
+        Err(err) => store_failure(&state, &err),
     }
 }

@@ -104,10 +104,6 @@ impl EnginePool {
         self.engines.iter().any(|engine| engine.is_serving())
     }
 
-    pub fn engines(&self) -> &[Arc<Engine>] {
-        &self.engines
-    }
-
     /// Checks every engine's health now.
     pub async fn check_health(&self) {
         for engine in &self.engines {

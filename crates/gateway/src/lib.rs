@@ -118,10 +118,6 @@ impl GatewayState {
             shutdown: CancellationToken::new(),
         }))
     }
-
-    pub fn active_sessions(&self) -> usize {
-        self.active_sessions.load(Ordering::Relaxed)
-    }
 }
 
 /// Store writes waiting (or retried) during a store outage before sessions report losses.

@@ -4,7 +4,7 @@
 mod alignment;
 mod network;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
@@ -105,7 +105,6 @@ pub struct WhisperRecognizer {
     alignment_heads: Vec<(usize, usize)>,
     device: Device,
     dtype: DType,
-    model_dir: PathBuf,
 }
 
 impl WhisperRecognizer {
@@ -181,16 +180,7 @@ impl WhisperRecognizer {
             alignment_heads,
             device: device.clone(),
             dtype,
-            model_dir: model_dir.to_path_buf(),
         })
-    }
-
-    pub fn model_dir(&self) -> &Path {
-        &self.model_dir
-    }
-
-    pub fn config(&self) -> &WhisperConfig {
-        &self.config
     }
 
     /// Frames in the encoder window for a batch: each row's audio plus its trailing silence,
