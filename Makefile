@@ -5,7 +5,7 @@ MODEL_DIR ?= $(or $(EARSHOT_MODEL_DIR),$(HOME)/.cache/earshot/models/whisper-tin
 export EARSHOT_MODEL_DIR := $(MODEL_DIR)
 CARGO ?= cargo
 
-.PHONY: run test model lint bench
+.PHONY: run test model lint bench test-deps
 
 model:
 	@test -f "$(MODEL_DIR)/model.safetensors" || \
@@ -18,7 +18,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-test: model lint
+test-deps:
+	@scripts/install-test-deps.sh
+
+test: model test-deps lint
 	$(CARGO) test --release --workspace
 
 bench: model

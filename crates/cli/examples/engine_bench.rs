@@ -7,12 +7,11 @@
 //! result), first-partial latency (from the chunk holding the speech onset), final latency after
 //! the end of speech (includes the endpoint silence), model real-time factor and batch sizes.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use earshot_engine::client::{self, StreamOptions, StreamReport};
-use earshot_engine::{EngineConfig, RunningEngine};
+use earshot_engine::{EngineConfig, EngineMetrics, RunningEngine};
 use earshot_loadgen::corpus;
 use earshot_loadgen::stats::{Percentiles, fmt_ms};
 use earshot_loadgen::wer::{WordErrors, word_errors};
@@ -84,11 +83,14 @@ async fn main() -> anyhow::Result<()> {
                 max_batch,
                 ..EngineConfig::default()
             };
-            let engine = RunningEngine::start(config, Box::new(recognizer), listener).await?;
-            let stats = engine.stats();
-            let busy_before = stats.busy_micros.load(Ordering::Relaxed);
-            let batches_before = stats.batches.load(Ordering::Relaxed);
-            let windows_before = stats.windows.load(Ordering::Relaxed);
+            let metrics = EngineMetrics::default();
+            let engine =
+                RunningEngine::start(config, Box::new(recognizer), listener, metrics.clone())
+                    .await?;
+            // Leave the warm-up out.
+            let busy_before = metrics.model_busy_seconds.get();
+            let batches_before = metrics.batches.get();
+            let windows_before = metrics.windows_decoded();
 
             let streams = (0..n_streams).map(|stream_idx| {
                 let (samples, reference) = playlist(&clips, stream_idx, args.seconds);
@@ -119,10 +121,9 @@ async fn main() -> anyhow::Result<()> {
                 audio_seconds += n_samples as f64 / 16_000.0;
                 measure(&report, &reference, &mut measured);
             }
-            let busy =
-                Duration::from_micros(stats.busy_micros.load(Ordering::Relaxed) - busy_before);
-            let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
-            let windows = stats.windows.load(Ordering::Relaxed) - windows_before;
+            let busy = Duration::from_secs_f64(metrics.model_busy_seconds.get() - busy_before);
+            let batches = metrics.batches.get() - batches_before;
+            let windows = metrics.windows_decoded() - windows_before;
             engine.shutdown().await?;
 
             let rtf = busy.as_secs_f64() / audio_seconds;

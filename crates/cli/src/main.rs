@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use earshot_engine::EngineConfig;
 use earshot_model::WhisperRecognizer;
+use prometheus_client::registry::Registry;
 
 #[derive(Parser)]
 #[command(
@@ -147,6 +148,9 @@ pub struct GatewayArgs {
     /// directory) or `mongodb://HOST:PORT/DB`.
     #[arg(long, env = "EARSHOT_STORE")]
     pub store: Option<String>,
+    /// Serve `/metrics` on this address instead of the main one (keeps it off a public port).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl GatewayArgs {
@@ -175,6 +179,7 @@ impl GatewayArgs {
             max_buffer_bytes: self.max_buffer_bytes,
             slow_down_ms: self.slow_down_ms,
             resume_ms: self.resume_ms,
+            metrics_listen: self.metrics_listen,
         }
     }
 }
@@ -208,6 +213,9 @@ struct EngineArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus `/metrics` over HTTP on this address (off by default).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -263,7 +271,28 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     let local_addr = listener.local_addr()?;
     // Scripts and tests read this line to find a port chosen with :0.
     println!("earshot engine listening on {local_addr}");
-    earshot_engine::run_engine(config, Box::new(recognizer), listener, shutdown_signal()).await?;
+    let metrics = earshot_engine::EngineMetrics::default();
+    if let Some(addr) = args.metrics_listen {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let app = earshot_gateway::metrics::metrics_router(std::sync::Arc::new(registry));
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        println!(
+            "earshot engine metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        tokio::spawn(async move { axum::serve(metrics_listener, app).await });
+    }
+    earshot_engine::run_engine(
+        config,
+        Box::new(recognizer),
+        listener,
+        metrics,
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("engine stopped");
     Ok(())
 }
@@ -276,12 +305,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let engine_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let engine_url = format!("http://{}", engine_listener.local_addr()?);
-    let engine =
-        earshot_engine::RunningEngine::start(engine_config, Box::new(recognizer), engine_listener)
-            .await?;
+    // One registry: the gateway's `/metrics` also shows the in-process engine's.
+    let mut registry = Registry::default();
+    let engine_metrics = earshot_engine::EngineMetrics::default();
+    engine_metrics.register(&mut registry);
+    let engine = earshot_engine::RunningEngine::start(
+        engine_config,
+        Box::new(recognizer),
+        engine_listener,
+        engine_metrics,
+    )
+    .await?;
     let store = args.gateway.open_store().await?;
-    let state =
-        earshot_gateway::GatewayState::new(args.gateway.config(vec![engine_url]), Some(store))?;
+    let state = earshot_gateway::GatewayState::new(
+        args.gateway.config(vec![engine_url]),
+        Some(store),
+        registry,
+    )?;
     let addr = gateway_listener.local_addr()?;
     // Scripts and tests read this line to find a port chosen with :0.
     println!("earshot listening on http://{addr}/ (open it in a browser)");
@@ -293,7 +333,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
     let store = args.gateway.open_store().await?;
-    let state = earshot_gateway::GatewayState::new(args.gateway.config(args.engines), Some(store))?;
+    let state = earshot_gateway::GatewayState::new(
+        args.gateway.config(args.engines),
+        Some(store),
+        Registry::default(),
+    )?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -72,6 +72,7 @@ pub async fn run(args: TranscribeArgs) -> anyhow::Result<()> {
                 config.clone(),
                 Box::new(recognizer),
                 listener,
+                earshot_engine::EngineMetrics::default(),
                 async move {
                     let _ = stopped.await;
                 },

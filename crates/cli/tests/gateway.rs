@@ -5,7 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ServeProcess, fixture, http_get, read_samples};
+use common::ws::{
+    Socket, connect as connect_url, final_text, of_type, read_session_id, read_to_close,
+    send_audio, send_text, speech,
+};
+use common::{GatewayProcess, fixture, http_get, metric_value, read_samples};
 use earshot_audio::pcm;
 use earshot_loadgen::wer::word_errors;
 use futures::{SinkExt, StreamExt};
@@ -13,59 +17,15 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 const MAX_WER: f64 = 0.12;
 
-async fn connect(serve: &ServeProcess, query: &str) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(serve.ws_url(query))
-        .await
-        .expect("WebSocket upgrade");
-    socket
-}
-
-/// Sends 16 kHz samples as PCM16 frames of 100 ms, at real-time pace or as fast as possible.
-async fn send_audio(socket: &mut Socket, samples: &[f32], realtime: bool) {
-    let started = tokio::time::Instant::now();
-    for (idx, frame) in samples.chunks(1600).enumerate() {
-        if realtime {
-            tokio::time::sleep_until(started + Duration::from_millis(100 * (idx as u64 + 1))).await;
-        }
-        socket
-            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
-            .await
-            .unwrap();
-    }
-}
-
-async fn send_text(socket: &mut Socket, text: &str) {
-    socket.send(Message::Text(text.into())).await.unwrap();
-}
-
-/// Reads messages until the close frame; returns the JSON messages and the close code.
-async fn read_to_close(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
-    let mut messages = Vec::new();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(120), socket.next())
-            .await
-            .expect("the server answers");
-        match next {
-            Some(Ok(Message::Text(text))) => messages.push(serde_json::from_str(&text).unwrap()),
-            Some(Ok(Message::Close(frame))) => return (messages, frame.map(|f| f.code)),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return (messages, None),
-        }
-    }
-}
-
-fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    messages.iter().filter(|m| m["type"] == kind).collect()
+async fn connect(serve: &GatewayProcess, query: &str) -> Socket {
+    connect_url(&serve.ws_url(query)).await
 }
 
 #[tokio::test]
 async fn streams_speech_and_closes_cleanly() {
-    let serve = ServeProcess::start(&[]).await;
+    let serve = GatewayProcess::serve(&[]).await;
     let recording = fixture("jfk.wav");
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "").await;
@@ -82,12 +42,8 @@ async fn streams_speech_and_closes_cleanly() {
         matches!((first_partial, first_final), (Some(p), Some(f)) if p < f),
         "partials come before finals"
     );
-    let text: Vec<&str> = results
-        .iter()
-        .filter(|r| r["is_final"] == true)
-        .map(|r| r["text"].as_str().unwrap())
-        .collect();
-    let errors = word_errors(&recording.reference, &text.join(" "));
+    let text = final_text(&messages);
+    let errors = word_errors(&recording.reference, &text);
     assert!(errors.rate() < MAX_WER, "{text:?}: {errors:?}");
     let final_result = results.iter().find(|r| r["is_final"] == true).unwrap();
     assert!(
@@ -107,8 +63,7 @@ async fn streams_speech_and_closes_cleanly() {
     let _ = socket.close(None).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        let (status, metrics) = http_get(&serve.addr, "/metrics").await;
-        assert_eq!(status, 200);
+        let metrics = serve.metrics().await;
         if metrics.contains("stt_sessions_closed_total{reason=\"normal\"} 1") {
             break metrics;
         }
@@ -116,12 +71,7 @@ async fn streams_speech_and_closes_cleanly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+        metric_value(&metrics, name).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
     assert_eq!(value("stt_audio_chunks_received_total"), 110.0);
     assert!(value("stt_latency_seconds_count") >= 2.0);
@@ -133,7 +83,7 @@ async fn streams_speech_and_closes_cleanly() {
 
 #[tokio::test]
 async fn finalize_and_ping_are_answered() {
-    let serve = ServeProcess::start(&[]).await;
+    let serve = GatewayProcess::serve(&[]).await;
     let recording = fixture("lv_austen-0870.wav");
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "?interim_results=false").await;
@@ -172,7 +122,7 @@ async fn finalize_and_ping_are_answered() {
 
 #[tokio::test]
 async fn bad_input_gets_an_error_and_the_documented_close_code() {
-    let serve = ServeProcess::start(&["--max-frame-bytes", "32000"]).await;
+    let serve = GatewayProcess::serve(&["--max-frame-bytes", "32000"]).await;
     let cases: Vec<(&str, Message, &str, CloseCode)> = vec![
         (
             "",
@@ -226,7 +176,7 @@ async fn bad_input_gets_an_error_and_the_documented_close_code() {
 
 #[tokio::test]
 async fn overload_is_refused_before_the_upgrade_with_503() {
-    let serve = ServeProcess::start(&["--max-connections", "1"]).await;
+    let serve = GatewayProcess::serve(&["--max-connections", "1"]).await;
     let _first = connect(&serve, "").await;
     let (status, response) = http_get_upgrade(&serve.addr).await;
     assert_eq!(status, 503, "{response}");
@@ -259,21 +209,9 @@ async fn http_get_upgrade(addr: &str) -> (u16, String) {
     (status, text)
 }
 
-/// About `seconds` of real speech: the bundled recordings back to back.
-fn speech(seconds: usize) -> Vec<f32> {
-    let mut samples = Vec::new();
-    while samples.len() < seconds * 16_000 {
-        for recording in common::fixtures() {
-            samples.extend(read_samples(&recording).0);
-        }
-    }
-    samples.truncate(seconds * 16_000);
-    samples
-}
-
 #[tokio::test]
 async fn a_client_faster_than_the_engine_is_told_to_slow_down_then_resume() {
-    let serve = ServeProcess::start(&["--slow-down-ms", "1000", "--resume-ms", "200"]).await;
+    let serve = GatewayProcess::serve(&["--slow-down-ms", "1000", "--resume-ms", "200"]).await;
     let mut socket = connect(&serve, "").await;
     // 25 s of speech at once: far faster than the engine transcribes it on this machine.
     send_audio(&mut socket, &speech(25), false).await;
@@ -294,9 +232,11 @@ async fn a_client_faster_than_the_engine_is_told_to_slow_down_then_resume() {
     assert_eq!(messages.last().unwrap()["reason"], "normal");
 }
 
+/// The transcript so far is kept: the finals the client saw, and those of the audio the engine
+/// had already taken, which it flushes after the close.
 #[tokio::test]
-async fn passing_the_buffer_limit_closes_with_1008() {
-    let serve = ServeProcess::start(&["--max-buffer-bytes", "300000"]).await;
+async fn passing_the_buffer_limit_closes_with_1008_and_keeps_the_transcript() {
+    let serve = GatewayProcess::serve(&["--max-buffer-bytes", "300000"]).await;
     let socket = connect(&serve, "").await;
     let (mut writer, mut reader) = socket.split();
     // A client that ignores slow_down: it keeps writing while the server answers.
@@ -335,45 +275,37 @@ async fn passing_the_buffer_limit_closes_with_1008() {
         "{messages:?}"
     );
     assert_eq!(code, Some(CloseCode::Policy));
-}
 
-/// Polls `GET /v1/sessions/{id}` until the session is no longer active.
-async fn stored_session(serve: &ServeProcess, session_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, response) = http_get(&serve.addr, &format!("/v1/sessions/{session_id}")).await;
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        if status == 200 {
-            let value: Value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
-            if value.is_object() && value["session"]["status"] != "active" {
-                return value;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{status} {response}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let session_id = messages[0]["session_id"].as_str().unwrap();
+    let stored = serve.stored_session(session_id).await;
+    assert_eq!(
+        stored["session"]["close_reason"], "buffer_limit",
+        "{stored}"
+    );
+    assert_eq!(stored["session"]["status"], "failed");
+    assert!(stored["session"]["audio_ms"].as_i64().unwrap() > 0);
+    let segments = stored["segments"].as_array().unwrap();
+    assert!(!segments.is_empty(), "{stored}");
+    let sent_finals = of_type(&messages, "result")
+        .iter()
+        .filter(|r| r["is_final"] == true && r["text"] != "")
+        .count();
+    assert!(segments.len() >= sent_finals, "{stored}");
 }
 
 #[tokio::test]
 async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_stored() {
-    let serve = ServeProcess::start(&[]).await;
+    let serve = GatewayProcess::serve(&[]).await;
     let recording = fixture("ls_1089-134691-0001.wav");
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "").await;
-    let Some(Ok(Message::Text(first))) = socket.next().await else {
-        panic!("session message expected");
-    };
-    let session: Value = serde_json::from_str(&first).unwrap();
-    let session_id = session["session_id"].as_str().unwrap().to_string();
+    let session_id = read_session_id(&mut socket).await;
     send_audio(&mut socket, &samples, false).await;
     // Like the seed's client: no close message, just the socket closed (a browser's
     // `ws.close()`, which still reads until the connection ends).
     socket.close(None).await.unwrap();
     while let Some(Ok(_)) = socket.next().await {}
-    let stored = stored_session(&serve, &session_id).await;
+    let stored = serve.stored_session(&session_id).await;
     assert_eq!(
         stored["session"]["close_reason"], "client_closed",
         "{stored}"

@@ -6,13 +6,14 @@
 //! admitted sessions. Finals go before partials; a window whose stream has gone is skipped.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use earshot_model::{RecognitionRequest, Recognizer, Transcript};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
+
+use crate::metrics::{EngineMetrics, WindowLabel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
@@ -31,41 +32,21 @@ struct Job {
     enqueued: Instant,
 }
 
-/// Counters for benchmarks and logs.
-#[derive(Debug, Default)]
-pub struct BatcherStats {
-    pub batches: AtomicU64,
-    pub windows: AtomicU64,
-    pub busy_micros: AtomicU64,
-    pub skipped_cancelled: AtomicU64,
-}
-
-impl BatcherStats {
-    pub fn mean_batch_size(&self) -> f64 {
-        let batches = self.batches.load(Ordering::Relaxed);
-        if batches == 0 {
-            return 0.0;
-        }
-        self.windows.load(Ordering::Relaxed) as f64 / batches as f64
-    }
-}
-
 /// Cheap to clone; submitting never blocks.
 #[derive(Clone)]
 pub struct BatcherHandle {
     sender: mpsc::SyncSender<Job>,
-    stats: Arc<BatcherStats>,
-    active_streams: Arc<AtomicUsize>,
+    metrics: EngineMetrics,
 }
 
 /// Counts a stream as one that may submit windows, while it lives.
 pub struct ActiveStream {
-    active_streams: Arc<AtomicUsize>,
+    streams_active: Gauge,
 }
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.active_streams.fetch_sub(1, Ordering::Relaxed);
+        self.streams_active.dec();
     }
 }
 
@@ -97,16 +78,16 @@ impl BatcherHandle {
         }
     }
 
-    pub fn stats(&self) -> &Arc<BatcherStats> {
-        &self.stats
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// Registers a stream: the batcher never waits for more windows than there are streams
     /// to send them (each has at most one in flight), so a lone stream is never delayed.
     pub fn register_stream(&self) -> ActiveStream {
-        self.active_streams.fetch_add(1, Ordering::Relaxed);
+        self.metrics.streams_active.inc();
         ActiveStream {
-            active_streams: self.active_streams.clone(),
+            streams_active: self.metrics.streams_active.clone(),
         }
     }
 }
@@ -123,23 +104,14 @@ pub struct BatchPolicy {
 pub fn spawn_batcher(
     recognizer: Box<dyn Recognizer>,
     policy: BatchPolicy,
+    metrics: EngineMetrics,
 ) -> std::io::Result<(BatcherHandle, std::thread::JoinHandle<()>)> {
     let (sender, receiver) = mpsc::sync_channel(policy.capacity.max(1));
-    let stats = Arc::new(BatcherStats::default());
-    let active_streams = Arc::new(AtomicUsize::new(0));
-    let thread_stats = stats.clone();
-    let thread_active = active_streams.clone();
+    let thread_metrics = metrics.clone();
     let thread = std::thread::Builder::new()
         .name("recognizer".into())
-        .spawn(move || run(recognizer, receiver, policy, &thread_stats, &thread_active))?;
-    Ok((
-        BatcherHandle {
-            sender,
-            stats,
-            active_streams,
-        },
-        thread,
-    ))
+        .spawn(move || run(recognizer, receiver, policy, &thread_metrics))?;
+    Ok((BatcherHandle { sender, metrics }, thread))
 }
 
 /// Ready windows, finals first, each class in arrival order.
@@ -170,13 +142,13 @@ impl ReadyQueue {
     /// Takes up to `max_batch` jobs, finals first, of similar length (see
     /// [`MIN_LENGTH_RATIO`]); drops jobs whose stream stopped waiting. The oldest final (or
     /// else the oldest partial) always goes.
-    fn take_batch(&mut self, max_batch: usize, stats: &BatcherStats) -> Vec<Job> {
+    fn take_batch(&mut self, max_batch: usize, metrics: &EngineMetrics) -> Vec<Job> {
         for queue in [&mut self.finals, &mut self.partials] {
             let before = queue.len();
             queue.retain(|job| !job.reply.is_closed());
-            stats
-                .skipped_cancelled
-                .fetch_add((before - queue.len()) as u64, Ordering::Relaxed);
+            metrics
+                .windows_skipped
+                .inc_by((before - queue.len()) as u64);
         }
         let Some(first) = self
             .finals
@@ -215,8 +187,7 @@ fn run(
     mut recognizer: Box<dyn Recognizer>,
     receiver: mpsc::Receiver<Job>,
     policy: BatchPolicy,
-    stats: &BatcherStats,
-    active_streams: &AtomicUsize,
+    metrics: &EngineMetrics,
 ) {
     let mut queue = ReadyQueue::default();
     loop {
@@ -228,26 +199,32 @@ fn run(
         }
         let useful_batch = policy
             .max_batch
-            .min(active_streams.load(Ordering::Relaxed).max(1));
+            .min(metrics.streams_active.get().max(1) as usize);
         gather(&receiver, &mut queue, useful_batch, policy.max_wait);
-        let batch = queue.take_batch(policy.max_batch, stats);
+        let batch = queue.take_batch(policy.max_batch, metrics);
         if batch.is_empty() {
             continue;
         }
         let requests: Vec<RecognitionRequest> =
             batch.iter().map(|job| job.request.clone()).collect();
         let started = Instant::now();
+        for job in &batch {
+            let waited = started.saturating_duration_since(job.enqueued);
+            metrics.queue_wait_seconds.observe(waited.as_secs_f64());
+            metrics
+                .windows
+                .get_or_create(&WindowLabel::of(job.priority))
+                .inc();
+        }
         let results = recognizer.recognize_batch(&requests);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .windows
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats
-            .busy_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        metrics.batches.inc();
+        metrics.batch_size.observe(batch.len() as f64);
+        metrics.inference_seconds.observe(elapsed.as_secs_f64());
+        metrics.model_busy_seconds.inc_by(elapsed.as_secs_f64());
         tracing::debug!(
             batch_size = batch.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "decoded batch"
         );
         match results {
@@ -307,7 +284,7 @@ fn gather(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use earshot_model::{ModelError, WindowKind};
@@ -356,8 +333,7 @@ mod tests {
         let (sender, receiver) = mpsc::sync_channel(policy.capacity);
         let handle = BatcherHandle {
             sender,
-            stats: Arc::new(BatcherStats::default()),
-            active_streams: Arc::new(AtomicUsize::new(0)),
+            metrics: EngineMetrics::default(),
         };
         (handle, batches, receiver, policy)
     }
@@ -371,9 +347,8 @@ mod tests {
         let recognizer = Box::new(RecordingRecognizer {
             batches: batches.clone(),
         });
-        let stats = handle.stats.clone();
-        let active = handle.active_streams.clone();
-        std::thread::spawn(move || run(recognizer, receiver, policy, &stats, &active))
+        let metrics = handle.metrics.clone();
+        std::thread::spawn(move || run(recognizer, receiver, policy, &metrics))
     }
 
     #[test]
@@ -499,13 +474,15 @@ mod tests {
         let abandoned = handle.submit(request(0.0), Priority::Partial).unwrap();
         drop(abandoned);
         let kept = handle.submit(request(1.0), Priority::Partial).unwrap();
-        let stats = handle.stats.clone();
+        let metrics = handle.metrics.clone();
         let thread = start(&handle, &batches, receiver, policy);
         kept.blocking_recv().unwrap().unwrap();
         drop(handle);
         thread.join().unwrap();
         assert_eq!(*batches.lock().unwrap(), vec![vec![1.0]]);
-        assert_eq!(stats.skipped_cancelled.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.windows_skipped.get(), 1);
+        assert_eq!(metrics.windows_decoded(), 1);
+        assert_eq!(metrics.batches.get(), 1);
     }
 
     #[test]

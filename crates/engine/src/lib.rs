@@ -6,9 +6,11 @@
 pub mod batcher;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod session;
 
 pub use config::EngineConfig;
+pub use metrics::EngineMetrics;
 pub use server::{EngineError, RunningEngine, SERVICE_NAME, run_engine};

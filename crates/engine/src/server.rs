@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::batcher::{BatchPolicy, BatcherStats, Priority, spawn_batcher};
+use crate::batcher::{BatchPolicy, Priority, spawn_batcher};
 use crate::config::EngineConfig;
+use crate::metrics::EngineMetrics;
 use crate::service::{EngineState, SpeechService};
 use tokio_util::sync::CancellationToken;
 
@@ -39,9 +40,10 @@ pub async fn run_engine(
     config: EngineConfig,
     recognizer: Box<dyn Recognizer>,
     listener: TcpListener,
+    metrics: EngineMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EngineError> {
-    let engine = RunningEngine::start(config, recognizer, listener).await?;
+    let engine = RunningEngine::start(config, recognizer, listener, metrics).await?;
     shutdown.await;
     engine.shutdown().await
 }
@@ -57,10 +59,12 @@ pub struct RunningEngine {
 
 impl RunningEngine {
     /// Starts serving at once (health NOT_SERVING), warms the model up, then reports SERVING.
+    /// `metrics` is updated as the engine works; register it where it should be scraped.
     pub async fn start(
         config: EngineConfig,
         recognizer: Box<dyn Recognizer>,
         listener: TcpListener,
+        metrics: EngineMetrics,
     ) -> Result<Self, EngineError> {
         config.validate()?;
         let local_addr = listener.local_addr().ok();
@@ -73,7 +77,7 @@ impl RunningEngine {
             capacity: config.max_sessions + 1,
         };
         let (batcher, recognizer_thread) =
-            spawn_batcher(recognizer, policy).map_err(EngineError::Thread)?;
+            spawn_batcher(recognizer, policy, metrics).map_err(EngineError::Thread)?;
         let state = Arc::new(EngineState::new(
             config.clone(),
             batcher,
@@ -115,9 +119,9 @@ impl RunningEngine {
         })
     }
 
-    /// Model-call counters (batches, windows, busy time).
-    pub fn stats(&self) -> Arc<BatcherStats> {
-        self.state.batcher.stats().clone()
+    /// Streams, model calls, batch sizes and inference time.
+    pub fn metrics(&self) -> &EngineMetrics {
+        self.state.batcher.metrics()
     }
 
     /// Reports NOT_SERVING, lets every stream flush its finals (up to the shutdown deadline),

@@ -87,6 +87,7 @@ impl SpeechToText for SpeechService {
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
+                self.state.batcher.metrics().streams_refused.inc();
                 Status::resource_exhausted(format!(
                     "engine is at capacity ({} concurrent streams); retry later or use another engine",
                     self.state.config.max_sessions

@@ -15,6 +15,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The engine's health service name.
 const ENGINE_SERVICE: &str = "stt.SpeechToText";
 
+#[derive(Debug)]
 pub struct Engine {
     pub url: String,
     pub channel: Channel,
@@ -29,6 +30,21 @@ impl Engine {
 
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
+    }
+
+    async fn check_health(&self) {
+        let mut client = HealthClient::new(self.channel.clone());
+        let request = HealthCheckRequest {
+            service: ENGINE_SERVICE.into(),
+        };
+        let serving = matches!(
+            tokio::time::timeout(CONNECT_TIMEOUT, client.check(request)).await,
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
+        );
+        let was_serving = self.serving.swap(serving, Ordering::Relaxed);
+        if was_serving != serving {
+            tracing::info!(engine = %self.url, serving, "engine health changed");
+        }
     }
 
     /// Counts a session on this engine until the guard drops.
@@ -58,6 +74,7 @@ pub enum PoolError {
     InvalidUrl { url: String, reason: String },
 }
 
+#[derive(Debug)]
 pub struct EnginePool {
     engines: Vec<Arc<Engine>>,
 }
@@ -104,22 +121,25 @@ impl EnginePool {
         self.engines.iter().any(|engine| engine.is_serving())
     }
 
-    /// Checks every engine's health now.
+    /// Checks every engine's health now, all at once (a dead engine must not delay the others).
     pub async fn check_health(&self) {
-        for engine in &self.engines {
-            let mut client = HealthClient::new(engine.channel.clone());
-            let request = HealthCheckRequest {
-                service: ENGINE_SERVICE.into(),
-            };
-            let serving = matches!(
-                tokio::time::timeout(CONNECT_TIMEOUT, client.check(request)).await,
-                Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32
-            );
-            let was_serving = engine.serving.swap(serving, Ordering::Relaxed);
-            if was_serving != serving {
-                tracing::info!(engine = %engine.url, serving, "engine health changed");
-            }
-        }
+        futures::future::join_all(self.engines.iter().map(|engine| engine.check_health())).await;
+    }
+
+    pub fn len(&self) -> usize {
+        self.engines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.engines.is_empty()
+    }
+
+    /// How many engines reported SERVING at the last check.
+    pub fn serving_count(&self) -> usize {
+        self.engines
+            .iter()
+            .filter(|engine| engine.is_serving())
+            .count()
     }
 
     /// Re-checks health every two seconds until `cancel`.

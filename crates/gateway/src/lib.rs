@@ -21,10 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engines::EnginePool;
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{EnginePoolCollector, GatewayMetrics, StoreCollector};
 use crate::protocol::{StreamParams, StreamSettings};
 use crate::session::{CloseReason, Session};
 use earshot_store::{StoreWriter, TranscriptStore};
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -39,6 +40,9 @@ pub struct GatewayConfig {
     /// Unsent audio (in ms) at which the client is told to slow down, and below which to resume.
     pub slow_down_ms: u64,
     pub resume_ms: u64,
+    /// A separate address for `/metrics` (kept off the public port); `None` serves it on the
+    /// main listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +54,7 @@ impl Default for GatewayConfig {
             max_buffer_bytes: 1024 * 1024,
             slow_down_ms: 2000,
             resume_ms: 500,
+            metrics_listen: None,
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct GatewayState {
     pub config: GatewayConfig,
     pub engines: Arc<EnginePool>,
     pub metrics: GatewayMetrics,
+    /// What `/metrics` serves: the gateway's metrics, the store writer's, and whatever the
+    /// caller registered before (an in-process engine's).
+    pub registry: Arc<Registry>,
     /// Where transcripts are kept; writes go through `store_writer` and never block audio.
     pub store: Option<Arc<dyn TranscriptStore>>,
     pub store_writer: Option<StoreWriter>,
@@ -97,20 +105,29 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// Must be called within a tokio runtime (the store writer is a task).
+    /// Must be called within a tokio runtime (the store writer is a task). The gateway's
+    /// metrics are added to `registry`, which `/metrics` then serves.
     pub fn new(
         config: GatewayConfig,
         store: Option<Arc<dyn TranscriptStore>>,
+        mut registry: Registry,
     ) -> Result<Arc<Self>, GatewayError> {
         config.validate()?;
         let engines = Arc::new(EnginePool::new(&config.engines)?);
         let store_writer = store
             .clone()
             .map(|store| StoreWriter::spawn(store, STORE_QUEUE_OPS));
+        let metrics = GatewayMetrics::default();
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(EnginePoolCollector(engines.clone())));
+        if let Some(writer) = &store_writer {
+            registry.register_collector(Box::new(StoreCollector(writer.clone())));
+        }
         Ok(Arc::new(Self {
             config,
             engines,
-            metrics: GatewayMetrics::default(),
+            metrics,
+            registry: Arc::new(registry),
             store,
             store_writer,
             active_sessions: AtomicUsize::new(0),
@@ -140,12 +157,16 @@ async fn index() -> Html<&'static str> {
 }
 
 async fn metrics_text(State(state): State<Arc<GatewayState>>) -> Response {
+    if state.config.metrics_listen.is_some() {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are served on --metrics-listen",
+        )
+            .into_response();
+    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(&state.registry),
     )
         .into_response()
 }
@@ -219,6 +240,20 @@ pub async fn serve(
         .engines
         .clone()
         .spawn_health_checks(state.shutdown.clone());
+    let metrics_server = match state.config.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            let app = metrics::metrics_router(state.registry.clone());
+            let stop = state.shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(metrics_listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = state.shutdown.clone();
     let result = axum::serve(listener, app)
@@ -236,5 +271,8 @@ pub async fn serve(
         }
     }
     health.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     result
 }

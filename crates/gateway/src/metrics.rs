@@ -2,12 +2,17 @@
 //! and error kinds only, never a session id.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use earshot_store::StoreWriter;
+
+use crate::engines::EnginePool;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -26,8 +31,9 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Cheap to clone: every clone updates the same metrics.
+#[derive(Clone, Debug)]
 pub struct GatewayMetrics {
-    registry: Registry,
     pub audio_chunks_received: Counter,
     pub audio_bytes_received: Counter,
     pub latency: Histogram,
@@ -44,8 +50,7 @@ pub struct GatewayMetrics {
 
 impl Default for GatewayMetrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let metrics = Self {
+        Self {
             audio_chunks_received: Counter::default(),
             audio_bytes_received: Counter::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
@@ -58,76 +63,75 @@ impl Default for GatewayMetrics {
             errors: Family::default(),
             first_partial: Histogram::new(LATENCY_BUCKETS),
             final_latency: Histogram::new(LATENCY_BUCKETS),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "stt_audio_chunks_received",
-            "Audio frames received from clients",
-            metrics.audio_chunks_received.clone(),
-        );
-        registry.register(
-            "stt_audio_bytes_received",
-            "Audio bytes received from clients",
-            metrics.audio_bytes_received.clone(),
-        );
-        registry.register(
-            "stt_latency_seconds",
-            "Time from receiving the audio frame that holds a result's end to sending the result",
-            metrics.latency.clone(),
-        );
-        registry.register(
-            "stt_websocket_connections_active",
-            "Open WebSocket sessions",
-            metrics.connections_active.clone(),
-        );
-        registry.register(
-            "stt_websocket_connections_rejected",
-            "Upgrade requests refused with 503 because the gateway was at capacity",
-            metrics.connections_rejected.clone(),
-        );
-        registry.register(
-            "stt_sessions_opened",
-            "WebSocket sessions opened",
-            metrics.sessions_opened.clone(),
-        );
-        registry.register(
-            "stt_sessions_closed",
-            "WebSocket sessions closed, by reason",
-            metrics.sessions_closed.clone(),
-        );
-        registry.register(
-            "stt_slow_down",
-            "slow_down messages sent (one per episode)",
-            metrics.slow_down.clone(),
-        );
-        registry.register(
-            "stt_buffer_limit",
-            "Sessions closed because their unsent audio passed the buffer limit",
-            metrics.buffer_limit.clone(),
-        );
-        registry.register(
-            "stt_errors",
-            "Errors by kind (websocket, grpc, engine, store)",
-            metrics.errors.clone(),
-        );
-        registry.register(
-            "stt_first_partial_seconds",
-            "Time from receiving the audio where speech starts to sending its first partial",
-            metrics.first_partial.clone(),
-        );
-        registry.register(
-            "stt_final_latency_seconds",
-            "Time from receiving the audio where speech ends to sending its final (includes the endpoint silence)",
-            metrics.final_latency.clone(),
-        );
-        Self {
-            registry,
-            ..metrics
         }
     }
 }
 
 impl GatewayMetrics {
+    /// Adds these metrics to `registry`, which may also hold an in-process engine's.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "stt_audio_chunks_received",
+            "Audio frames received from clients",
+            self.audio_chunks_received.clone(),
+        );
+        registry.register(
+            "stt_audio_bytes_received",
+            "Audio bytes received from clients",
+            self.audio_bytes_received.clone(),
+        );
+        registry.register(
+            "stt_latency_seconds",
+            "Time from receiving the audio frame that holds a result's end to sending the result",
+            self.latency.clone(),
+        );
+        registry.register(
+            "stt_websocket_connections_active",
+            "Open WebSocket sessions",
+            self.connections_active.clone(),
+        );
+        registry.register(
+            "stt_websocket_connections_rejected",
+            "Upgrade requests refused with 503 because the gateway was at capacity",
+            self.connections_rejected.clone(),
+        );
+        registry.register(
+            "stt_sessions_opened",
+            "WebSocket sessions opened",
+            self.sessions_opened.clone(),
+        );
+        registry.register(
+            "stt_sessions_closed",
+            "WebSocket sessions closed, by reason",
+            self.sessions_closed.clone(),
+        );
+        registry.register(
+            "stt_slow_down",
+            "slow_down messages sent (one per episode)",
+            self.slow_down.clone(),
+        );
+        registry.register(
+            "stt_buffer_limit",
+            "Sessions closed because their unsent audio passed the buffer limit",
+            self.buffer_limit.clone(),
+        );
+        registry.register(
+            "stt_errors",
+            "Errors by kind (websocket, grpc, engine, store)",
+            self.errors.clone(),
+        );
+        registry.register(
+            "stt_first_partial_seconds",
+            "Time from receiving the audio where speech starts to sending its first partial",
+            self.first_partial.clone(),
+        );
+        registry.register(
+            "stt_final_latency_seconds",
+            "Time from receiving the audio where speech ends to sending its final (includes the endpoint silence)",
+            self.final_latency.clone(),
+        );
+    }
+
     pub fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }
@@ -137,15 +141,122 @@ impl GatewayMetrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+}
 
-    /// The registry in Prometheus / OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::error!(%err, "cannot encode metrics");
-        }
-        text
+/// `registry` in Prometheus / OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        tracing::error!(%err, "cannot encode metrics");
     }
+    text
+}
+
+/// The content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` alone: for `--metrics-listen`, and for an engine run on its own.
+pub fn metrics_router(registry: Arc<Registry>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    encode(&registry),
+                )
+            }
+        }),
+    )
+}
+
+/// The transcript store's writer, read at each scrape: queued writes, retries and health show
+/// a store outage while it happens, not only when sessions start failing.
+#[derive(Debug)]
+pub struct StoreCollector(pub StoreWriter);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        encode_gauge(
+            &mut encoder,
+            "stt_store_pending_writes",
+            "Store writes queued or being retried (bounded; sessions report an error when full)",
+            stats.pending as i64,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "stt_store_up",
+            "1 when the last store write succeeded, 0 from a failed attempt until the next success",
+            i64::from(stats.healthy),
+        )?;
+        encode_counter(
+            &mut encoder,
+            "stt_store_writes",
+            "Store writes applied",
+            stats.applied,
+        )?;
+        encode_counter(
+            &mut encoder,
+            "stt_store_write_retries",
+            "Failed store write attempts that were retried",
+            stats.retries,
+        )?;
+        encode_counter(
+            &mut encoder,
+            "stt_store_writes_rejected",
+            "Store writes refused because the write queue was full",
+            stats.rejected_full,
+        )?;
+        encode_counter(
+            &mut encoder,
+            "stt_store_writes_discarded",
+            "Store writes given up after an error no retry can fix (each is logged)",
+            stats.discarded,
+        )
+    }
+}
+
+/// The engines' health as the gateway last saw it.
+#[derive(Debug)]
+pub struct EnginePoolCollector(pub Arc<EnginePool>);
+
+impl Collector for EnginePoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_gauge(
+            &mut encoder,
+            "stt_engines_configured",
+            "Engines the gateway was given",
+            self.0.len() as i64,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "stt_engines_serving",
+            "Engines that reported SERVING at the last health check (every 2 s)",
+            self.0.serving_count() as i64,
+        )
+    }
+}
+
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
 /// When each recent audio frame arrived, by the audio time at its end, so that a result can
@@ -187,11 +298,13 @@ mod tests {
     #[test]
     fn seed_metric_names_are_exported() {
         let metrics = GatewayMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
         metrics.audio_chunks_received.inc();
         metrics.latency.observe(0.12);
         metrics.session_closed("normal");
         metrics.error("engine");
-        let text = metrics.encode();
+        let text = encode(&registry);
         assert!(text.contains("stt_audio_chunks_received_total 1"), "{text}");
         assert!(
             text.contains("stt_latency_seconds_bucket{le=\"0.2\"} 1"),

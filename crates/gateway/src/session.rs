@@ -704,9 +704,11 @@ async fn open_engine(
         }
     }
     let detail = refusals.join("; ");
-    if overloaded > 0 && overloaded == candidates.len() {
+    // Full engines (even beside dead ones) mean "try again later"; only engines that are all
+    // down or failing make it an engine failure.
+    if overloaded > 0 {
         Err(OpenError::Overloaded(format!(
-            "every engine is at capacity; try again later ({detail})"
+            "every engine that is up is at capacity; try again later ({detail})"
         )))
     } else {
         Err(OpenError::Unavailable(format!(

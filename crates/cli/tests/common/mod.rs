@@ -1,12 +1,17 @@
 //! Test harness: runs the real `earshot` binary with the real model on loopback.
 #![allow(dead_code)]
 
+pub mod nx;
+pub mod prometheus;
+pub mod ws;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use earshot_loadgen::corpus::{self, Recording};
+use serde_json::Value;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -151,15 +156,16 @@ pub fn read_samples(recording: &Recording) -> (Vec<f32>, u32) {
     (audio.samples, audio.sample_rate)
 }
 
-/// An `earshot serve` child process (gateway + engine), killed on drop.
-pub struct ServeProcess {
+/// An `earshot serve` (gateway + engine) or `earshot gateway` child process, killed on drop.
+pub struct GatewayProcess {
     pub child: Child,
     /// `host:port` of the gateway.
     pub addr: String,
 }
 
-impl ServeProcess {
-    pub async fn start(extra_args: &[&str]) -> Self {
+impl GatewayProcess {
+    /// `earshot serve` with an in-memory store unless `extra_args` names one; ready when it returns.
+    pub async fn serve(extra_args: &[&str]) -> Self {
         let mut command = Command::new(earshot_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--model"])
@@ -168,41 +174,112 @@ impl ServeProcess {
         if !extra_args.contains(&"--store") {
             command.args(["--store", "sqlite::memory:"]);
         }
+        let gateway = Self::spawn(command);
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// `earshot gateway` in front of `engines`, with an in-memory store unless `extra_args`
+    /// names one. Not waited on: with no live engine it never becomes ready.
+    pub fn gateway(engines: &[&str], extra_args: &[&str]) -> Self {
+        let mut command = Command::new(earshot_bin());
+        command.args(["gateway", "--listen", "127.0.0.1:0"]);
+        for engine in engines {
+            command.args(["--engine", engine]);
+        }
+        command.args(extra_args);
+        if !extra_args.contains(&"--store") {
+            command.args(["--store", "sqlite::memory:"]);
+        }
+        Self::spawn(command)
+    }
+
+    fn spawn(command: Command) -> Self {
         let (child, line) = spawn_reading_first_line(command);
         let addr = line
             .split("http://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line from the gateway: {line:?}"))
             .to_string();
-        let serve = Self { child, addr };
+        Self { child, addr }
+    }
+
+    pub async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while http_get(&serve.addr, "/readyz").await.0 != 200 {
+        while http_get(&self.addr, "/readyz").await.0 != 200 {
             assert!(Instant::now() < deadline, "gateway never became ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        serve
     }
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/v1/stt{query}", self.addr)
     }
+
+    /// The body of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let (status, response) = http_get(&self.addr, "/metrics").await;
+        assert_eq!(status, 200, "{response}");
+        response
+    }
+
+    /// Polls `GET /v1/sessions/{id}` until the session is stored and no longer active.
+    pub async fn stored_session(&self, session_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, response) =
+                http_get(&self.addr, &format!("/v1/sessions/{session_id}")).await;
+            if status == 200 {
+                let value: Value = serde_json::from_str(body(&response)).unwrap_or(Value::Null);
+                if value.is_object() && value["session"]["status"] != "active" {
+                    return value;
+                }
+            }
+            assert!(Instant::now() < deadline, "{status} {response}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
-impl Drop for ServeProcess {
+impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// A bare HTTP/1.1 GET: (status, headers and body as text). Status 0 if unreachable.
+/// The value of the first sample in Prometheus text `metrics` whose line starts with `name`
+/// (a metric name with its labels).
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A port that was free a moment ago, for servers that must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// The body of an HTTP response read by [`http_get`].
+pub fn body(response: &str) -> &str {
+    response.split("\r\n\r\n").nth(1).unwrap_or_default().trim()
+}
+
+/// A bare HTTP/1.0 GET (so the body is never chunked): (status, headers and body as text).
+/// Status 0 if unreachable.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return (0, String::new());
     }

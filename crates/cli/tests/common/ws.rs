@@ -1,0 +1,91 @@
+//! A WebSocket client of protocol v1 (docs/websocket.md) for the tests.
+
+use std::time::Duration;
+
+use earshot_audio::pcm;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::{fixtures, read_samples};
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(url: &str) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket upgrade");
+    socket
+}
+
+/// Reads the first message, which must be `session`, and returns the session id.
+pub async fn read_session_id(socket: &mut Socket) -> String {
+    let Some(Ok(Message::Text(first))) = socket.next().await else {
+        panic!("session message expected");
+    };
+    let session: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(session["type"], "session", "{session}");
+    session["session_id"].as_str().unwrap().to_string()
+}
+
+/// Sends 16 kHz samples as PCM16 frames of 100 ms, at real-time pace or as fast as possible.
+pub async fn send_audio(socket: &mut Socket, samples: &[f32], realtime: bool) {
+    let started = tokio::time::Instant::now();
+    for (idx, frame) in samples.chunks(1600).enumerate() {
+        if realtime {
+            tokio::time::sleep_until(started + Duration::from_millis(100 * (idx as u64 + 1))).await;
+        }
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn send_text(socket: &mut Socket, text: &str) {
+    socket.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// Reads messages until the close frame; returns the JSON messages and the close code.
+pub async fn read_to_close(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(120), socket.next())
+            .await
+            .expect("the server answers");
+        match next {
+            Some(Ok(Message::Text(text))) => messages.push(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return (messages, frame.map(|f| f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (messages, None),
+        }
+    }
+}
+
+pub fn of_type<'a>(messages: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    messages.iter().filter(|m| m["type"] == kind).collect()
+}
+
+/// The text of the final results that have any, joined.
+pub fn final_text(messages: &[Value]) -> String {
+    of_type(messages, "result")
+        .iter()
+        .filter(|r| r["is_final"] == true && r["text"] != "")
+        .map(|r| r["text"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// About `seconds` of real speech: the bundled recordings back to back.
+pub fn speech(seconds: usize) -> Vec<f32> {
+    let mut samples = Vec::new();
+    while samples.len() < seconds * 16_000 {
+        for recording in fixtures() {
+            samples.extend(read_samples(&recording).0);
+        }
+    }
+    samples.truncate(seconds * 16_000);
+    samples
+}
