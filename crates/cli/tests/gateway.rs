@@ -320,3 +320,43 @@ async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_sto
     let errors = word_errors(&recording.reference, &text.join(" "));
     assert!(errors.rate() < MAX_WER, "{text:?}");
 }
+
+/// Tiny frames fill the engine queue's 1024 slots long before the byte limit: the gateway then
+/// stops reading (TCP pushes back) instead of refusing, and every frame is transcribed.
+#[tokio::test]
+async fn a_queue_full_of_tiny_frames_pauses_reading_instead_of_closing() {
+    let serve = GatewayProcess::serve(&[
+        "--max-buffer-bytes",
+        "4000000",
+        "--slow-down-ms",
+        "100000",
+        "--resume-ms",
+        "50000",
+    ])
+    .await;
+    let mut socket = connect(&serve, "").await;
+    let samples = speech(40);
+    // 10 ms frames as fast as the connection takes them.
+    for frame in samples.chunks(160) {
+        socket
+            .send(Message::Binary(pcm::encode_pcm16(frame).into()))
+            .await
+            .unwrap();
+    }
+    send_text(&mut socket, r#"{"type":"close"}"#).await;
+    let (messages, code) = read_to_close(&mut socket).await;
+    assert!(of_type(&messages, "error").is_empty(), "{messages:?}");
+    assert_eq!(code, Some(CloseCode::Normal));
+    let closed = messages.last().unwrap();
+    assert_eq!(closed["reason"], "normal");
+    assert_eq!(closed["audio_ms"], 40_000);
+    assert!(
+        final_text(&messages).split(' ').count() > 60,
+        "{messages:?}"
+    );
+    let metrics = serve.metrics().await;
+    assert!(
+        metric_value(&metrics, "stt_read_pauses_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+}

@@ -42,6 +42,7 @@ pub struct GatewayMetrics {
     pub sessions_opened: Counter,
     pub sessions_closed: Family<ReasonLabel, Counter>,
     pub slow_down: Counter,
+    pub read_pauses: Counter,
     pub buffer_limit: Counter,
     pub errors: Family<KindLabel, Counter>,
     pub first_partial: Histogram,
@@ -59,6 +60,7 @@ impl Default for GatewayMetrics {
             sessions_opened: Counter::default(),
             sessions_closed: Family::default(),
             slow_down: Counter::default(),
+            read_pauses: Counter::default(),
             buffer_limit: Counter::default(),
             errors: Family::default(),
             first_partial: Histogram::new(LATENCY_BUCKETS),
@@ -109,6 +111,11 @@ impl GatewayMetrics {
             "stt_slow_down",
             "slow_down messages sent (one per episode)",
             self.slow_down.clone(),
+        );
+        registry.register(
+            "stt_read_pauses",
+            "Times a session stopped reading its socket because its engine queue was full (TCP then pushes back on the client)",
+            self.read_pauses.clone(),
         );
         registry.register(
             "stt_buffer_limit",

@@ -40,7 +40,8 @@ pub mod close_code {
 /// How long a closing session waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Frames queued for the engine, whatever their size; bytes are bounded separately.
+/// Frames queued for the engine, whatever their size; bytes are bounded separately (by
+/// `--max-buffer-bytes`). When it is full the session stops reading its socket.
 const AUDIO_QUEUE_FRAMES: usize = 1024;
 
 /// How a session ended, for the `closed` message, logs and storage.
@@ -110,6 +111,8 @@ pub struct Session {
     awaiting_first_partial: Option<i64>,
     /// Audio time where the current utterance's speech ended, until its final is sent.
     awaiting_final: Option<i64>,
+    /// The socket is not being read because the engine queue is full.
+    read_paused: bool,
 }
 
 impl Session {
@@ -136,6 +139,7 @@ impl Session {
             arrivals: ArrivalLog::default(),
             awaiting_first_partial: None,
             awaiting_final: None,
+            read_paused: false,
             state,
         };
         (session, validation)
@@ -186,7 +190,14 @@ impl Session {
     async fn serve(&mut self) -> CloseReason {
         let mut closing = false;
         loop {
-            let socket_open = self.socket.is_some() && !closing;
+            // While the engine queue is full the socket is not read, so TCP pushes back on the
+            // client; engine responses keep flowing meanwhile (they are what frees the queue).
+            let queue_full = self.engine_queue_full();
+            if queue_full && !self.read_paused {
+                self.state.metrics.read_pauses.inc();
+            }
+            self.read_paused = queue_full;
+            let socket_open = self.socket.is_some() && !closing && !queue_full;
             tokio::select! {
                 message = next_message(&mut self.socket), if socket_open => {
                     match message {
@@ -312,6 +323,15 @@ impl Session {
         .await
     }
 
+    /// The frame queue to the engine has no room: the transport is waiting for HTTP/2 flow
+    /// control, because the engine reads slower than the client sends.
+    fn engine_queue_full(&self) -> bool {
+        self.engine
+            .as_ref()
+            .and_then(|engine| engine.audio.as_ref())
+            .is_some_and(|audio| audio.capacity() == 0)
+    }
+
     async fn queue(&mut self, request: StreamingRecognizeRequest) -> Result<(), CloseReason> {
         let Some(engine) = &self.engine else {
             return Ok(());
@@ -322,7 +342,8 @@ impl Session {
         let n_bytes = request.audio_content.len();
         engine.buffered_bytes.fetch_add(n_bytes, Ordering::Relaxed);
         if audio.try_send(request).is_err() {
-            // The frame queue is full of tiny frames: the same as the byte limit.
+            // Cannot happen: the socket is only read while the queue has room, and each client
+            // message queues at most one request. Refuse loudly rather than lose audio.
             engine.buffered_bytes.fetch_sub(n_bytes, Ordering::Relaxed);
             return self.overflow().await;
         }
