@@ -360,3 +360,70 @@ async fn a_queue_full_of_tiny_frames_pauses_reading_instead_of_closing() {
         "{metrics}"
     );
 }
+
+/// Recordings from the shared corpus (LJ Speech, LibriSpeech, LibriVox), two sessions at a
+/// time, each sent in 100 ms frames at twice real-time pace: the finals pass the engine's WER
+/// threshold. Falls back to the bundled recordings when the corpus is absent.
+#[tokio::test]
+async fn shared_corpus_through_the_gateway_at_twice_real_time() {
+    let recordings: Vec<_> = match earshot_loadgen::corpus::shared_dir() {
+        Some(dir) => {
+            let all = earshot_loadgen::corpus::load(&dir).unwrap();
+            ["lj", "ls", "lv"]
+                .into_iter()
+                .flat_map(|group| {
+                    all.iter()
+                        .filter(move |r| r.group() == group)
+                        .take(5)
+                        .cloned()
+                })
+                .collect()
+        }
+        None => {
+            println!(
+                "shared speech corpus not found (../shared/speech): using the bundled recordings"
+            );
+            common::fixtures()
+        }
+    };
+    let serve = GatewayProcess::serve(&[]).await;
+    let serve = &serve;
+    let results: Vec<_> = futures::stream::iter(recordings.iter().map(|recording| async move {
+        let (samples, rate) = read_samples(recording);
+        let mut socket = connect(serve, &format!("?sample_rate={rate}")).await;
+        let frame = rate as usize / 10;
+        let started = tokio::time::Instant::now();
+        for (idx, chunk) in samples.chunks(frame).enumerate() {
+            tokio::time::sleep_until(started + Duration::from_millis(50 * idx as u64)).await;
+            socket
+                .send(Message::Binary(pcm::encode_pcm16(chunk).into()))
+                .await
+                .unwrap();
+        }
+        send_text(&mut socket, r#"{"type":"close"}"#).await;
+        let (messages, code) = read_to_close(&mut socket).await;
+        assert_eq!(
+            code,
+            Some(CloseCode::Normal),
+            "{}: {messages:?}",
+            recording.name
+        );
+        (recording, final_text(&messages))
+    }))
+    .buffer_unordered(2)
+    .collect()
+    .await;
+    let mut total = earshot_loadgen::wer::WordErrors::default();
+    for (recording, text) in &results {
+        let errors = word_errors(&recording.reference, text);
+        println!("{:>32}  WER {:5.1}%", recording.name, 100.0 * errors.rate());
+        total = total + errors;
+    }
+    println!(
+        "{} recordings, WER {:.1}% over {} words",
+        results.len(),
+        100.0 * total.rate(),
+        total.reference_words
+    );
+    assert!(total.rate() < MAX_WER, "{total:?}");
+}

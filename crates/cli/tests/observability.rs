@@ -58,6 +58,15 @@ async fn prometheus_scrapes_the_seed_metrics_with_sane_values() {
         )
         .await;
     assert!(median > 0.0 && median < 5.0, "median latency {median} s");
+    let p95 = prometheus
+        .wait_for(
+            "histogram_quantile(0.95, stt_latency_seconds_bucket)",
+            f64::is_finite,
+        )
+        .await;
+    println!(
+        "result latency through the gateway (from Prometheus): p50 {median:.3} s, p95 {p95:.3} s"
+    );
     for bucket in ["0.05", "0.1", "0.2", "0.5", "1.0"] {
         let series = prometheus
             .query(&format!(r#"stt_latency_seconds_bucket{{le="{bucket}"}}"#))
