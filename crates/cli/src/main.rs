@@ -279,10 +279,8 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         let metrics_listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        println!(
-            "earshot engine metrics on http://{}/metrics",
-            metrics_listener.local_addr()?
-        );
+        // Not on stdout: scripts read only its first line.
+        tracing::info!(addr = %metrics_listener.local_addr()?, "engine metrics served on /metrics");
         tokio::spawn(async move { axum::serve(metrics_listener, app).await });
     }
     earshot_engine::run_engine(

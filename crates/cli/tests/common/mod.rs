@@ -45,10 +45,12 @@ fn spawn_reading_first_line(mut command: Command) -> (Child, String) {
         .spawn()
         .expect("spawn earshot");
     let stdout = child.stdout.take().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the address line");
+    reader.read_line(&mut line).expect("read the address line");
+    // Keep draining: a child writing to a closed pipe would fail (Rust ignores SIGPIPE, so
+    // `println!` panics on EPIPE).
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     (child, line)
 }
 
