@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the servers the integration tests run for real, when missing: Prometheus (Debian
-# package `prometheus`) scrapes the gateway in a test. Needs root or sudo for apt-get.
+# Installs what the integration tests run for real, when missing: Prometheus (Debian package
+# `prometheus`) scrapes the gateway in a test, and headless Chromium (`chromium`) runs the web
+# page with a fake microphone. Needs root or sudo for apt-get.
 set -euo pipefail
 
 missing=()
-command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
+[[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -7,6 +7,7 @@ pub mod flow;
 pub mod metrics;
 pub mod protocol;
 pub mod session;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,18 +143,15 @@ const STORE_QUEUE_OPS: usize = 100_000;
 
 pub fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(web::index))
         .route("/v1/stt", get(stt))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sessions", get(api::list_sessions))
         .route("/v1/sessions/{id}", get(api::get_session))
+        .route("/{*path}", get(web::file))
         .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("../../../web/index.html"))
 }
 
 async fn metrics_text(State(state): State<Arc<GatewayState>>) -> Response {
