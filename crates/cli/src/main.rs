@@ -1,6 +1,7 @@
 //! The `earshot` command: run the engine, transcribe a file, install the model.
 
 mod fetch;
+mod loadgen;
 mod transcribe;
 
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ enum Command {
     Engine(EngineArgs),
     /// Stream a WAV file through the engine and print partial and final results.
     Transcribe(transcribe::TranscribeArgs),
+    /// Load-test a gateway: concurrent sessions of real speech, with a latency report.
+    Loadgen(loadgen::LoadgenArgs),
     /// Manage the speech model.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -216,6 +219,10 @@ struct EngineArgs {
     /// Serve Prometheus `/metrics` over HTTP on this address (off by default).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// BENCHMARK ONLY: recognise nothing and answer every stream with synthetic results at
+    /// almost no cost, to load-test a gateway without the model as the bottleneck.
+    #[arg(long)]
+    benchmark_echo: bool,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -240,6 +247,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => runtime()?.block_on(run_gateway(args)),
         Command::Engine(args) => runtime()?.block_on(run_engine(args)),
         Command::Transcribe(args) => runtime()?.block_on(transcribe::run(args)),
+        Command::Loadgen(args) => runtime()?.block_on(loadgen::run(args)),
         Command::Model(ModelCommand::Fetch { model_dir, force }) => {
             let dir = model_dir.unwrap_or_else(earshot_model::default_model_dir);
             fetch::fetch_default_model(&dir, force)
@@ -255,6 +263,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Many sessions need many sockets: raise the soft open-file limit to the hard one.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open file limit"),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -263,6 +279,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
+    if args.benchmark_echo {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!(
+            "BENCHMARK-ONLY echo backend: earshot engine listening on {}",
+            listener.local_addr()?
+        );
+        let timing = earshot_engine::bench::EchoTiming {
+            chunk: Duration::from_millis(args.recognition.chunk_ms),
+            ..Default::default()
+        };
+        earshot_engine::bench::run_benchmark_engine(timing, listener, shutdown_signal()).await?;
+        return Ok(());
+    }
     let config = args.recognition.engine_config()?;
     let recognizer = args.model.load()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -296,6 +327,7 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let engine_config = args.recognition.engine_config()?;
     let recognizer = args.model.load()?;
     let gateway_listener = tokio::net::TcpListener::bind(args.listen)
@@ -330,6 +362,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let store = args.gateway.open_store().await?;
     let state = earshot_gateway::GatewayState::new(
         args.gateway.config(args.engines),

@@ -4,6 +4,7 @@
 //! decoded by the [`batcher`] thread; [`service`] maps everything onto gRPC.
 
 pub mod batcher;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod metrics;

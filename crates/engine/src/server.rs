@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use earshot_model::{RecognitionRequest, Recognizer, WindowKind};
 use earshot_proto::speech_to_text_server::SpeechToTextServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::batcher::{BatchPolicy, Priority, spawn_batcher};
@@ -96,7 +95,7 @@ impl RunningEngine {
             .add_service(health_service)
             .add_service(SpeechToTextServer::new(SpeechService::new(state.clone())))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                incoming(listener),
                 stop_accepting.clone().cancelled_owned(),
             );
         let server = tokio::spawn(server);
@@ -157,6 +156,13 @@ impl RunningEngine {
         .await;
         Ok(())
     }
+}
+
+/// Accepted connections with TCP_NODELAY: the builder's `tcp_nodelay` only applies to
+/// listeners tonic binds itself. Without it, a response written right after another (a speech
+/// event, then the final) waits for the client's delayed ACK, up to 40 ms.
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {

@@ -16,9 +16,11 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The seed's buckets (0.05, 0.1, 0.2, 0.5, 1.0) with finer and longer ones around them.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+/// The seed's buckets (0.05, 0.1, 0.2, 0.5, 1.0) with finer and longer ones around them; the
+/// millisecond ones resolve the gateway's own share when the engine answers at once.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+    10.0,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

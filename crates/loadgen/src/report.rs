@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::gateway_metrics::GatewayLatency;
 use crate::procstat::ServerStats;
 use crate::run::SessionOutcome;
 use crate::stats::Percentiles;
@@ -75,6 +76,8 @@ pub struct Report {
     /// audio lost silently. Must be 0.
     pub sessions_with_unexplained_audio_loss: usize,
     pub server: Option<ServerStats>,
+    /// The gateway's `stt_latency_seconds` over the run (from its `/metrics`).
+    pub gateway_latency: Option<GatewayLatency>,
 }
 
 impl Report {
@@ -174,6 +177,7 @@ impl Report {
             closes_by_reason,
             sessions_with_unexplained_audio_loss: unexplained_loss,
             server,
+            gateway_latency: None,
         }
     }
 
@@ -205,6 +209,18 @@ impl Report {
                 out,
                 "{:<24} {:>8} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
                 name, summary.count, summary.p50_ms, summary.p95_ms, summary.p99_ms, summary.max_ms
+            );
+        }
+        if let Some(gateway) = &self.gateway_latency {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8}",
+                "gateway (its histogram)",
+                gateway.count,
+                gateway.p50_ms,
+                gateway.p95_ms,
+                gateway.p99_ms,
+                "-"
             );
         }
         let _ = writeln!(

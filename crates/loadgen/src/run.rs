@@ -14,6 +14,9 @@ use crate::latency::{LatencyTracker, ResultSpan};
 
 const SAMPLE_RATE: u64 = 16_000;
 const BYTES_PER_MS: u64 = SAMPLE_RATE * 2 / 1000;
+/// Silence between two files, as between two speakers' turns: without it the last words of
+/// one file and the first of the next would run together into one utterance.
+const GAP_BETWEEN_CLIPS: Duration = Duration::from_millis(1000);
 
 /// One recording to stream: 16 kHz mono PCM16 bytes, and its reference transcript if known.
 #[derive(Debug, Clone)]
@@ -115,7 +118,8 @@ async fn run_session(config: &LoadConfig, idx: usize, progress: &Progress) -> Se
         config.url,
         if config.url.contains('?') { '&' } else { '?' }
     );
-    let socket = match tokio_tungstenite::connect_async(&url).await {
+    // Nagle off, as a real-time client would: frames and `close` go out at once.
+    let socket = match tokio_tungstenite::connect_async_with_config(&url, None, true).await {
         Ok((socket, _)) => socket,
         Err(err) => {
             progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -136,6 +140,7 @@ async fn run_session(config: &LoadConfig, idx: usize, progress: &Progress) -> Se
         let duration = config.duration;
         async move {
             let frame_bytes = (frame.as_millis() as u64 * BYTES_PER_MS) as usize;
+            let silence = vec![0u8; (GAP_BETWEEN_CLIPS.as_millis() as u64 * BYTES_PER_MS) as usize];
             let started = tokio::time::Instant::now();
             let mut audio_ms = 0u64;
             let mut references = Vec::new();
@@ -143,8 +148,13 @@ async fn run_session(config: &LoadConfig, idx: usize, progress: &Progress) -> Se
             let mut clip_idx = idx;
             'clips: loop {
                 let clip = &clips[clip_idx % clips.len()];
+                let gap = if clip_idx > idx {
+                    silence.as_slice()
+                } else {
+                    &[]
+                };
                 clip_idx += 1;
-                for chunk in clip.pcm.chunks(frame_bytes) {
+                for chunk in gap.chunks(frame_bytes).chain(clip.pcm.chunks(frame_bytes)) {
                     let due = started + Duration::from_millis(audio_ms).div_f64(pace);
                     tokio::time::sleep_until(due).await;
                     audio_ms += chunk.len() as u64 / BYTES_PER_MS;
