@@ -53,7 +53,7 @@ pub async fn load_test(config: LoadConfig, probe: ServerProbe, show_progress: bo
                 }
                 let seconds = started.elapsed().as_secs();
                 // On a terminal the line is rewritten in place; in a log, one line per 10 s.
-                if show_progress && (terminal || seconds % 10 == 0) {
+                if show_progress && (terminal || seconds.is_multiple_of(10)) {
                     let results = progress.results.load(Ordering::Relaxed);
                     eprint!(
                         "{}{:>6.0} s  sessions up {:>6}  done {:>6}/{}  results/s {:>7}  errors {:>5}  ",
