@@ -19,7 +19,8 @@ pub enum ClipError {
 }
 
 /// Loads `audio` (a WAV file or a directory) with references from `refs` (a `file<TAB>text`
-/// TSV), or from `refs.tsv` beside or inside the audio when there is one.
+/// TSV), or from the corpus's `refs.tsv` (inside the directory, or beside the file or one level
+/// up) when there is one.
 pub fn load(audio: &Path, refs: Option<&Path>) -> Result<Vec<Clip>, ClipError> {
     let (files, default_refs) = if audio.is_dir() {
         let wav_dir = if audio.join("wav").is_dir() {
@@ -39,9 +40,12 @@ pub fn load(audio: &Path, refs: Option<&Path>) -> Result<Vec<Clip>, ClipError> {
         files.sort();
         (files, audio.join("refs.tsv"))
     } else {
-        let beside = audio
-            .parent()
-            .map_or_else(|| PathBuf::from("refs.tsv"), |dir| dir.join("refs.tsv"));
+        // Beside the file, or one level up in the corpus layout (`refs.tsv` and `wav/`).
+        let parent = audio.parent().unwrap_or(Path::new("."));
+        let beside = [parent.join("refs.tsv"), parent.join("../refs.tsv")]
+            .into_iter()
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| parent.join("refs.tsv"));
         (vec![audio.to_path_buf()], beside)
     };
     if files.is_empty() {
