@@ -138,6 +138,9 @@ impl GatewayState {
     }
 }
 
+/// Initial WebSocket read buffer per session.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Store writes waiting (or retried) during a store outage before sessions report losses.
 const STORE_QUEUE_OPS: usize = 100_000;
 
@@ -206,6 +209,10 @@ async fn stt(
     upgrade
         .max_message_size(frame_limit)
         .max_frame_size(frame_limit)
+        // 100 ms of audio is 3.2 kB and every message is flushed at once: the 128 KiB
+        // defaults would cost 256 KiB per session for nothing (buffers grow when needed).
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
             tracker.track_future(async move {
