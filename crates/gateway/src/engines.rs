@@ -15,15 +15,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The engine's health service name.
 const ENGINE_SERVICE: &str = "stt.SpeechToText";
 
+/// HTTP/2 connections per engine. Each connection is driven by one task, so one connection
+/// carrying every session's audio caps the gateway at about one core; sessions are spread over
+/// these round-robin.
+pub const CONNECTIONS_PER_ENGINE: usize = 4;
+
 #[derive(Debug)]
 pub struct Engine {
     pub url: String,
-    pub channel: Channel,
+    channels: Vec<Channel>,
+    next_channel: AtomicUsize,
     active_sessions: AtomicUsize,
     serving: AtomicBool,
 }
 
 impl Engine {
+    /// The connection for the next session.
+    pub fn channel(&self) -> Channel {
+        let idx = self.next_channel.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[idx].clone()
+    }
+
     pub fn active_sessions(&self) -> usize {
         self.active_sessions.load(Ordering::Relaxed)
     }
@@ -33,7 +45,7 @@ impl Engine {
     }
 
     async fn check_health(&self) {
-        let mut client = HealthClient::new(self.channel.clone());
+        let mut client = HealthClient::new(self.channels[0].clone());
         let request = HealthCheckRequest {
             service: ENGINE_SERVICE.into(),
         };
@@ -93,15 +105,18 @@ impl EnginePool {
                         url: url.clone(),
                         reason: err.to_string(),
                     })?;
-                let channel = endpoint
+                let endpoint = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let channels = (0..CONNECTIONS_PER_ENGINE)
+                    .map(|_| endpoint.connect_lazy())
+                    .collect();
                 Ok(Arc::new(Engine {
                     url: url.clone(),
-                    channel,
+                    channels,
+                    next_channel: AtomicUsize::new(0),
                     active_sessions: AtomicUsize::new(0),
                     serving: AtomicBool::new(false),
                 }))

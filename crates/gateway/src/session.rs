@@ -702,7 +702,7 @@ async fn open_engine(
             request
         });
         let claim = engine.claim();
-        let mut client = SpeechToTextClient::new(engine.channel.clone());
+        let mut client = SpeechToTextClient::new(engine.channel());
         match client.streaming_recognize(requests).await {
             Ok(response) => {
                 tracing::debug!(engine = %engine.url, session_id = %session_id, "engine stream opened");

@@ -57,6 +57,10 @@ pub struct Report {
     pub connect_errors: BTreeMap<String, usize>,
     pub audio_seconds_sent: f64,
     pub result_latency: LatencySummary,
+    /// Result latency of each session's first and last quarter of frames: a last quarter far
+    /// above the first means the server falls further behind as the run goes on.
+    pub result_latency_first_quarter: LatencySummary,
+    pub result_latency_last_quarter: LatencySummary,
     pub first_partial_latency: LatencySummary,
     pub final_latency: LatencySummary,
     /// From sending `close` to the server's close frame (all finals delivered).
@@ -89,6 +93,8 @@ impl Report {
         server: Option<ServerStats>,
     ) -> Self {
         let mut result_latency = Vec::new();
+        let mut first_quarter = Vec::new();
+        let mut last_quarter = Vec::new();
         let mut first_partial = Vec::new();
         let mut final_latency = Vec::new();
         let mut close_latency = Vec::new();
@@ -107,7 +113,10 @@ impl Report {
                 *connect_errors.entry(short_error(err)).or_default() += 1;
                 continue;
             }
-            result_latency.extend(&outcome.latency.result_latency);
+            let own = &outcome.latency.result_latency;
+            result_latency.extend(own);
+            first_quarter.extend(&own[..own.len() / 4]);
+            last_quarter.extend(&own[own.len() - own.len() / 4..]);
             first_partial.extend(&outcome.latency.first_partial);
             final_latency.extend(&outcome.latency.final_latency);
             close_latency.extend(outcome.close_latency);
@@ -151,6 +160,8 @@ impl Report {
             connect_errors,
             audio_seconds_sent: audio_ms as f64 / 1000.0,
             result_latency: LatencySummary::of(&result_latency),
+            result_latency_first_quarter: LatencySummary::of(&first_quarter),
+            result_latency_last_quarter: LatencySummary::of(&last_quarter),
             first_partial_latency: LatencySummary::of(&first_partial),
             final_latency: LatencySummary::of(&final_latency),
             close_latency: LatencySummary::of(&close_latency),
@@ -201,6 +212,8 @@ impl Report {
         );
         for (name, summary) in [
             ("result", &self.result_latency),
+            ("  first quarter", &self.result_latency_first_quarter),
+            ("  last quarter", &self.result_latency_last_quarter),
             ("first partial", &self.first_partial_latency),
             ("final after speech end", &self.final_latency),
             ("close -> all finals", &self.close_latency),
@@ -326,6 +339,10 @@ mod tests {
         assert_eq!(report.result_latency.p95_ms, 100.0);
         assert_eq!(report.result_latency.max_ms, 100.0);
         assert_eq!(report.results_per_second, 5.0);
+        // Each session's first and last quarter (one frame of five each).
+        assert_eq!(report.result_latency_first_quarter.count, 2);
+        assert_eq!(report.result_latency_first_quarter.max_ms, 60.0);
+        assert_eq!(report.result_latency_last_quarter.p50_ms, 50.0);
     }
 
     #[test]
