@@ -5,7 +5,8 @@
 #   scripts/bench-e2e.sh realtime [N ...]   N real-time sessions (default 1 2 4 8), DURATION s each
 #   scripts/bench-e2e.sh overload [N]       N sessions (default 4) at 3x real-time pace
 #
-# JSON reports go to ${OUT:-target/bench}/e2e-*.json.
+# JSON reports go to ${OUT:-target/bench}/e2e-*.json. SERVE_ARGS adds options to `earshot serve`
+# (e.g. SERVE_ARGS="--max-buffer-bytes 262144"); NAME_SUFFIX tells such runs apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,8 @@ run() {
     local name="$1"
     shift
     # A fresh server per run: its memory and histograms belong to this run only.
-    "$bin" serve --listen "127.0.0.1:$port" --store sqlite::memory: >/dev/null 2>"$out/$name.log" &
+    # shellcheck disable=SC2086 # SERVE_ARGS is a list of options
+    "$bin" serve --listen "127.0.0.1:$port" --store sqlite::memory: ${SERVE_ARGS:-} >/dev/null 2>"$out/$name.log" &
     local pid=$!
     until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
     echo "== $name" >&2
@@ -45,7 +47,7 @@ realtime)
     ;;
 overload)
     n="${1:-4}"
-    run "e2e-overload-$n" --sessions "$n" --pace 3 --duration-secs "$duration"
+    run "e2e-overload-$n${NAME_SUFFIX:-}" --sessions "$n" --pace 3 --duration-secs "$duration"
     ;;
 *)
     echo "usage: $0 realtime [N ...] | overload [N]" >&2
