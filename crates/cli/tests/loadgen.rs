@@ -26,7 +26,10 @@ fn loadgen(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("{stdout}");
-    assert!(stdout.contains("latency (ms)"), "the table is printed: {stdout}");
+    assert!(
+        stdout.contains("latency (ms)"),
+        "the table is printed: {stdout}"
+    );
     serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
 }
 
