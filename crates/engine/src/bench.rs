@@ -289,6 +289,6 @@ mod tests {
         let empty = stream.finish(true);
         assert_eq!(empty.len(), 1);
         assert!(empty[0].transcript.is_empty());
-        assert_eq!(empty[0].segment_index, 2);
+        assert_eq!(empty[0].segment_index, 1);
     }
 }
