@@ -268,7 +268,7 @@ async fn passing_the_buffer_limit_closes_with_1008_and_keeps_the_transcript() {
     let _ = flood.await;
     let errors = of_type(&messages, "error");
     assert_eq!(errors.len(), 1, "{messages:?}");
-    assert_eq!(errors[0]["code"], "buffer_limit");
+    assert_eq!(errors[0]["code"], "buffer_limit", "{messages:?}");
     assert_eq!(
         messages.last().unwrap()["reason"],
         "buffer_limit",

@@ -150,6 +150,11 @@ async fn run_stream(
     let outcome = stream.run(inbound).await;
     match outcome {
         Ok(()) => tracing::info!("stream ended"),
+        // The client's mistakes and planned ends are routine; the engine's own failures are not.
+        Err(err @ (StreamError::Inference(_) | StreamError::Unavailable(_))) => {
+            tracing::warn!(error = %err, "stream failed");
+            let _ = stream.sender.send(Err(err.into())).await;
+        }
         Err(err) => {
             tracing::info!(error = %err, "stream ended with an error");
             let _ = stream.sender.send(Err(err.into())).await;

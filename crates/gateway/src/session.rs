@@ -249,6 +249,7 @@ impl Session {
                             } else if self.socket.is_none() {
                                 CloseReason::ClientClosed
                             } else {
+                                tracing::warn!("engine ended the stream unexpectedly");
                                 self.send(ServerMessage::Error {
                                     code: "engine_failure",
                                     message: "the engine ended the stream unexpectedly".into(),
@@ -535,6 +536,7 @@ impl Session {
 
     async fn on_engine_error(&mut self, status: tonic::Status) -> CloseReason {
         self.state.metrics.error("engine");
+        tracing::warn!(code = ?status.code(), message = status.message(), "engine stream failed");
         let (code, reason) = match status.code() {
             Code::ResourceExhausted => ("overloaded", CloseReason::Overloaded),
             Code::InvalidArgument => ("invalid_audio", CloseReason::InvalidInput),
