@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::ws::{
     Socket, connect, final_text, of_type, read_session_id, read_to_close, send_audio, send_text,
-    speech,
+    speech, stored_text,
 };
 use common::{EngineProcess, GatewayProcess, free_port, http_get, metric_value};
 use futures::{SinkExt, StreamExt};
@@ -162,13 +162,7 @@ async fn an_engine_that_dies_mid_session_closes_it_with_1011_and_keeps_the_trans
     let stored = gateway.stored_session(&session_id).await;
     assert_eq!(stored["session"]["status"], "failed", "{stored}");
     assert_eq!(stored["session"]["close_reason"], "engine_failure");
-    let stored_text: Vec<&str> = stored["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|segment| segment["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(stored_text.join(" "), final_text(&messages));
+    assert_eq!(stored_text(&stored), final_text(&messages));
 }
 
 #[tokio::test]

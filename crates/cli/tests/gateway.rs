@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::ws::{
     Socket, connect as connect_url, final_text, of_type, read_session_id, read_to_close,
-    send_audio, send_text, speech,
+    send_audio, send_text, speech, stored_text, stream_and_close,
 };
 use common::{GatewayProcess, fixture, http_get, metric_value, read_samples};
 use earshot_audio::pcm;
@@ -30,9 +30,7 @@ async fn streams_speech_and_closes_cleanly() {
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve, "").await;
     // 100 ms frames at real-time pace.
-    send_audio(&mut socket, &samples, true).await;
-    send_text(&mut socket, r#"{"type":"close"}"#).await;
-    let (messages, code) = read_to_close(&mut socket).await;
+    let (messages, code) = stream_and_close(&mut socket, &samples, true).await;
     assert_eq!(messages[0]["type"], "session", "{:?}", messages[0]);
     assert_eq!(messages[0]["sample_rate"], 16_000);
     let results = of_type(&messages, "result");
@@ -311,13 +309,8 @@ async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_sto
         "{stored}"
     );
     assert_eq!(stored["session"]["status"], "completed");
-    let text: Vec<&str> = stored["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["text"].as_str().unwrap())
-        .collect();
-    let errors = word_errors(&recording.reference, &text.join(" "));
+    let text = stored_text(&stored);
+    let errors = word_errors(&recording.reference, &text);
     assert!(errors.rate() < MAX_WER, "{text:?}");
 }
 

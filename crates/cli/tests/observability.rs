@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::nx::NxServer;
 use common::prometheus::Prometheus;
-use common::ws::{connect, final_text, read_session_id, read_to_close, send_audio, send_text};
+use common::ws::{connect, final_text, read_session_id, stored_text, stream_and_close};
 use common::{GatewayProcess, fixture, free_port, http_get, metric_value, read_samples};
 use earshot_loadgen::wer::word_errors;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,9 +25,7 @@ async fn prometheus_scrapes_the_seed_metrics_with_sane_values() {
     let recording = fixture("jfk.wav");
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve.ws_url("")).await;
-    send_audio(&mut socket, &samples, true).await;
-    send_text(&mut socket, r#"{"type":"close"}"#).await;
-    let (messages, code) = read_to_close(&mut socket).await;
+    let (messages, code) = stream_and_close(&mut socket, &samples, true).await;
     assert_eq!(code, Some(CloseCode::Normal));
     let text = final_text(&messages);
     assert!(
@@ -122,9 +120,7 @@ async fn a_store_outage_is_reported_while_it_lasts_and_no_transcript_is_lost() {
     let (samples, _) = read_samples(&recording);
     let mut socket = connect(&serve.ws_url("")).await;
     let session_id = read_session_id(&mut socket).await;
-    send_audio(&mut socket, &samples, false).await;
-    send_text(&mut socket, r#"{"type":"close"}"#).await;
-    let (messages, code) = read_to_close(&mut socket).await;
+    let (messages, code) = stream_and_close(&mut socket, &samples, false).await;
     assert_eq!(code, Some(CloseCode::Normal));
     let text = final_text(&messages);
     assert!(
@@ -174,11 +170,5 @@ async fn a_store_outage_is_reported_while_it_lasts_and_no_transcript_is_lost() {
     let stored = serve.stored_session(&session_id).await;
     assert_eq!(stored["session"]["status"], "completed", "{stored}");
     assert_eq!(stored["session"]["close_reason"], "normal");
-    let stored_text: Vec<&str> = stored["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|segment| segment["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(stored_text.join(" "), text);
+    assert_eq!(stored_text(&stored), text);
 }

@@ -89,3 +89,25 @@ pub fn speech(seconds: usize) -> Vec<f32> {
     samples.truncate(seconds * 16_000);
     samples
 }
+
+/// Streams `samples`, sends `close`, and reads everything up to the close frame.
+pub async fn stream_and_close(
+    socket: &mut Socket,
+    samples: &[f32],
+    realtime: bool,
+) -> (Vec<Value>, Option<CloseCode>) {
+    send_audio(socket, samples, realtime).await;
+    send_text(socket, r#"{"type":"close"}"#).await;
+    read_to_close(socket).await
+}
+
+/// The text of a stored session's segments, joined (`GET /v1/sessions/{id}`).
+pub fn stored_text(stored: &Value) -> String {
+    stored["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|segment| segment["text"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
