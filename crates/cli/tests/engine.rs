@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{EngineProcess, fixture, fixtures, read_samples};
+use common::{EngineProcess, MAX_WER, fixture, fixtures, read_samples};
 use earshot_audio::pcm;
 use earshot_engine::client::{self, StreamOptions, StreamReport};
 use earshot_loadgen::wer::{WordErrors, word_errors};
@@ -17,8 +17,6 @@ use tonic::Code;
 
 /// Highest word error rate accepted on the bundled recordings, streamed. Whisper tiny.en scores
 /// about 6-7 % offline on clean read speech; streaming cuts at pauses cost a little more.
-const MAX_WER: f64 = 0.12;
-
 async fn stream_file(engine: &EngineProcess, name: &str, options: &StreamOptions) -> StreamReport {
     let recording = fixture(name);
     let (samples, rate) = read_samples(&recording);

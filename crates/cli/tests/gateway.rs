@@ -9,15 +9,13 @@ use common::ws::{
     Socket, connect as connect_url, final_text, of_type, read_session_id, read_to_close,
     send_audio, send_text, speech, stored_text, stream_and_close,
 };
-use common::{GatewayProcess, fixture, http_get, metric_value, read_samples};
+use common::{GatewayProcess, MAX_WER, fixture, http_get, metric_value, read_samples};
 use earshot_audio::pcm;
 use earshot_loadgen::wer::word_errors;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-const MAX_WER: f64 = 0.12;
 
 async fn connect(serve: &GatewayProcess, query: &str) -> Socket {
     connect_url(&serve.ws_url(query)).await

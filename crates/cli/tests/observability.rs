@@ -8,11 +8,9 @@ use std::time::Duration;
 use common::nx::NxServer;
 use common::prometheus::Prometheus;
 use common::ws::{connect, final_text, read_session_id, stored_text, stream_and_close};
-use common::{GatewayProcess, fixture, free_port, http_get, metric_value, read_samples};
+use common::{GatewayProcess, MAX_WER, fixture, free_port, http_get, metric_value, read_samples};
 use earshot_loadgen::wer::word_errors;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-const MAX_WER: f64 = 0.12;
 
 #[tokio::test]
 async fn prometheus_scrapes_the_seed_metrics_with_sane_values() {

@@ -26,12 +26,6 @@ pub struct Clip {
     pub reference: Option<String>,
 }
 
-impl Clip {
-    pub fn duration(&self) -> Duration {
-        Duration::from_millis(self.pcm.len() as u64 / BYTES_PER_MS)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     /// `ws://HOST:PORT/v1/stt`

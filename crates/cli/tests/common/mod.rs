@@ -17,6 +17,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// The word error rate streamed speech must stay under (Whisper tiny.en streams 5–8 % here).
+pub const MAX_WER: f64 = 0.12;
+
 pub fn earshot_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_earshot"))
 }
@@ -173,10 +176,7 @@ impl GatewayProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--model"])
             .arg(model_dir())
             .args(extra_args);
-        if !extra_args.contains(&"--store") {
-            command.args(["--store", "sqlite::memory:"]);
-        }
-        let gateway = Self::spawn(command);
+        let gateway = Self::spawn(command, extra_args);
         gateway.wait_until_ready().await;
         gateway
     }
@@ -190,13 +190,14 @@ impl GatewayProcess {
             command.args(["--engine", engine]);
         }
         command.args(extra_args);
+        Self::spawn(command, extra_args)
+    }
+
+    /// Starts `command`, with an in-memory store unless `extra_args` names one.
+    fn spawn(mut command: Command, extra_args: &[&str]) -> Self {
         if !extra_args.contains(&"--store") {
             command.args(["--store", "sqlite::memory:"]);
         }
-        Self::spawn(command)
-    }
-
-    fn spawn(command: Command) -> Self {
         let (child, line) = spawn_reading_first_line(command);
         let addr = line
             .split("http://")
