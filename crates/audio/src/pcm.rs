@@ -4,10 +4,15 @@ use std::path::PathBuf;
 
 use crate::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 
+/// Characters of a client's string kept to be named in an error.
+pub const MAX_ECHOED_CHARS: usize = 64;
+
 /// Everything that can go wrong in this crate. Messages are meant to be shown to API clients as-is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AudioError {
-    #[error("unknown audio encoding \"{name}\": accepted encodings are PCM_INT16 and FLOAT32")]
+    /// `name` is the client's string cut to [`MAX_ECHOED_CHARS`]; the message escapes it, so
+    /// that it cannot forge log lines.
+    #[error("unknown audio encoding {name:?}: accepted encodings are PCM_INT16 and FLOAT32")]
     UnknownEncoding { name: String },
 
     #[error("sample_rate is required")]
@@ -69,7 +74,9 @@ impl Encoding {
         } else if s.eq_ignore_ascii_case("FLOAT32") {
             Ok(Encoding::Float32)
         } else {
-            Err(AudioError::UnknownEncoding { name: s.to_owned() })
+            Err(AudioError::UnknownEncoding {
+                name: s.chars().take(MAX_ECHOED_CHARS).collect(),
+            })
         }
     }
 
@@ -221,6 +228,15 @@ mod tests {
     fn parses_lower_case_encoding_names() {
         assert_eq!(Encoding::parse("pcm_int16"), Ok(Encoding::PcmInt16));
         assert_eq!(Encoding::parse("float32"), Ok(Encoding::Float32));
+    }
+
+    #[test]
+    fn an_unknown_encoding_is_named_escaped_and_cut_short() {
+        let hostile = format!("X\n2026-12-01 INFO forged line {}", "A".repeat(10_000));
+        let message = Encoding::parse(&hostile).unwrap_err().to_string();
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.contains("X\\n2026"), "{message}");
+        assert!(message.len() < 200, "{} bytes", message.len());
     }
 
     #[test]
