@@ -32,6 +32,11 @@ const TAIL: Duration = Duration::from_millis(150);
 const CUT_SEARCH: Duration = Duration::from_secs(3);
 /// Finals waiting for the model beyond which the stream stops reading audio (backpressure).
 const MAX_PENDING_FINALS: usize = 3;
+/// Audio goes through the front-end and the endpointer at most this much at a time, with the
+/// max-utterance check after each step: a request of any size is cut exactly like a stream of
+/// small ones, so no window grows past `max_utterance` (nor past what the model sees).
+const STEP: Duration = Duration::from_millis(100);
+const STEP_SAMPLES: usize = (STEP.as_millis() as u64 * SAMPLES_PER_MS) as usize;
 
 /// Per-stream settings, from the engine defaults and the stream's RecognitionConfig.
 #[derive(Debug, Clone)]
@@ -219,6 +224,13 @@ impl Session {
     }
 
     fn consume_16k(&mut self, samples: &[f32]) {
+        for step in samples.chunks(STEP_SAMPLES) {
+            self.consume_step(step);
+        }
+    }
+
+    /// At most [`STEP`] of audio: endpointing, then the max-utterance cut.
+    fn consume_step(&mut self, samples: &[f32]) {
         if samples.is_empty() {
             return;
         }
@@ -295,23 +307,31 @@ impl Session {
         self.samples_16k / HOP_LENGTH as u64
     }
 
+    /// Runs after every step. It cuts once the next step could take the utterance past
+    /// `max_utterance`, and never later than `max_utterance` after its start: closed by
+    /// silence, a cut, `finalize` or the end of the stream, no utterance is ever longer.
     fn cut_if_too_long(&mut self) {
         let Some(utterance) = &self.utterance else {
             return;
         };
-        let length = self.heard_frames().saturating_sub(utterance.start_frame);
-        if length < duration_to_mel_frames(self.settings.max_utterance) {
+        let heard = self.heard_frames();
+        let max_frames = duration_to_mel_frames(self.settings.max_utterance);
+        let length = heard.saturating_sub(utterance.start_frame);
+        if length + duration_to_mel_frames(STEP) <= max_frames {
             return;
         }
         // Cut in the quietest recent frame, but leave at least a second in the utterance.
         let earliest = utterance.start_frame + duration_to_mel_frames(Duration::from_secs(1));
+        let latest = (utterance.start_frame + max_frames).min(heard);
         let cut = self
             .recent_scores
             .iter()
             .map(|&(frame, score)| (vad_frame_to_mel_frame(frame) + 1, score))
-            .filter(|&(mel_frame, _)| mel_frame > earliest && mel_frame < self.heard_frames())
+            .filter(|&(mel_frame, _)| {
+                mel_frame > earliest && mel_frame < heard && mel_frame <= latest
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(self.heard_frames(), |(mel_frame, _)| mel_frame);
+            .map_or(latest, |(mel_frame, _)| mel_frame);
         let segment = utterance.segment;
         tracing::debug!(
             segment,
@@ -743,10 +763,79 @@ mod tests {
         ));
         for result in &finals {
             assert!(
-                result.end - result.start <= Duration::from_millis(2100),
+                result.end - result.start <= Duration::from_secs(2),
                 "{result:?}"
             );
         }
+    }
+
+    /// Like [`answer_all`], checking that no window handed to the model is over `max_frames`.
+    fn answer_all_within(session: &mut Session, max_frames: u64) {
+        while let Some((ticket, request)) = session.next_window() {
+            let transcript = request.map(|request| {
+                let frames = request.raw_log_mel.len() / N_MELS;
+                assert!(frames as u64 <= max_frames, "a window of {frames} frames");
+                Transcript {
+                    text: format!("window of {frames} frames"),
+                    confidence: 0.9,
+                    ..Default::default()
+                }
+            });
+            session.finish(ticket, transcript);
+        }
+    }
+
+    fn final_spans(session: &mut Session) -> Vec<(Duration, Duration, u32)> {
+        finals(&session.take_outputs())
+            .iter()
+            .map(|r| (r.start, r.end, r.segment))
+            .collect()
+    }
+
+    #[test]
+    fn one_huge_request_is_cut_like_a_stream_and_loses_no_audio() {
+        let settings = SessionSettings {
+            max_utterance: Duration::from_secs(5),
+            // Longer than any pause in the recording: only cuts end its utterances.
+            endpoint_silence: Duration::from_millis(5000),
+            ..settings()
+        };
+        let max_frames = duration_to_mel_frames(settings.max_utterance);
+        let mut audio = Vec::new();
+        while audio.len() < 16_000 * 40 {
+            audio.extend(jfk());
+        }
+        let audio_end = Duration::from_millis(audio.len() as u64 / SAMPLES_PER_MS);
+
+        let mut whole = session(settings.clone());
+        whole.push_audio(&pcm::encode_pcm16(&audio)).unwrap();
+        answer_all_within(&mut whole, max_frames);
+        whole.end_of_stream();
+        answer_all_within(&mut whole, max_frames);
+        let whole_finals = final_spans(&mut whole);
+
+        let mut streamed = session(settings.clone());
+        stream(&mut streamed, &audio);
+        streamed.end_of_stream();
+        answer_all(&mut streamed);
+        assert_eq!(whole_finals, final_spans(&mut streamed));
+
+        assert!(whole_finals.len() >= 8, "{whole_finals:?}");
+        for &(start, end, segment) in &whole_finals {
+            assert!(
+                end - start <= settings.max_utterance,
+                "segment {segment} runs from {start:?} to {end:?}"
+            );
+        }
+        // Contiguous from the first onset to the very end: not a sample of speech is lost.
+        assert!(
+            whole_finals[0].0 < Duration::from_secs(1),
+            "{whole_finals:?}"
+        );
+        for pair in whole_finals.windows(2) {
+            assert_eq!(pair[1].0, pair[0].1, "a gap between segments: {pair:?}");
+        }
+        assert_eq!(whole_finals.last().unwrap().1, audio_end);
     }
 
     #[test]
