@@ -3,15 +3,22 @@
 //!
 //! The recognizer lives on one dedicated OS thread, off the async reactor. Each stream has at
 //! most one window in flight (the session enforces it), so the queue is bounded by the number of
-//! admitted sessions. Finals go before partials; a window whose stream has gone is skipped.
+//! admitted sessions. Finals go before partials. A window whose stream has gone holds no place:
+//! it is dropped as soon as anyone looks at the queue (the next submit or the next batch), so
+//! streams that come and go cannot fill it with dead work.
+//!
+//! If the thread dies (the model panics, or the thread ends while streams may still submit),
+//! [`RecognizerFailure`] says so and why: the engine then stops serving rather than pretend.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use earshot_model::{RecognitionRequest, Recognizer, Transcript};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EngineMetrics, WindowLabel};
 
@@ -32,11 +39,101 @@ struct Job {
     enqueued: Instant,
 }
 
+/// The queue between the streams and the recognizer thread. A lock, not a channel, so that a
+/// submit can drop the jobs of streams that have gone before it counts the places left. The
+/// lock is only ever held to move jobs in or out, never across inference.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a job arrives or the last handle goes.
+    changed: Condvar,
+    capacity: usize,
+    failure: RecognizerFailure,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: ReadyQueue,
+    /// Every handle is gone: the thread decodes what is left and stops.
+    closed: bool,
+    /// The thread has stopped: submits fail at once.
+    stopped: bool,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            changed: Condvar::new(),
+            capacity: capacity.max(1),
+            failure: RecognizerFailure::default(),
+        }
+    }
+
+    /// Nothing panics while holding the lock, but a poisoned queue is still a valid queue.
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The thread is gone: refuse new work, let waiting streams see their reply dropped, and
+    /// (unless it ended because nobody needs it any more) report why.
+    fn stop(&self, failure: Option<String>) {
+        let abandoned = {
+            let mut state = self.lock();
+            state.stopped = true;
+            std::mem::take(&mut state.ready)
+        };
+        drop(abandoned);
+        if let Some(reason) = failure {
+            tracing::error!(reason = %reason, "the recognizer thread died");
+            self.failure.set(reason);
+        }
+    }
+}
+
+/// The submitting side; when the last handle is dropped the thread drains and stops.
+struct Submitter {
+    queue: Arc<Queue>,
+}
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.changed.notify_all();
+    }
+}
+
 /// Cheap to clone; submitting never blocks.
 #[derive(Clone)]
 pub struct BatcherHandle {
-    sender: mpsc::SyncSender<Job>,
+    submitter: Arc<Submitter>,
     metrics: EngineMetrics,
+}
+
+/// Set once if the recognizer thread dies; cheap to clone, every clone sees the same failure.
+#[derive(Clone, Default)]
+pub struct RecognizerFailure {
+    token: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+}
+
+impl RecognizerFailure {
+    fn set(&self, reason: String) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Why the recognizer died, once it has.
+    pub fn reason(&self) -> Option<String> {
+        self.token
+            .is_cancelled()
+            .then(|| self.reason.get().cloned().unwrap_or_default())
+    }
+
+    /// Resolves with the reason when the recognizer dies (at once if it already has).
+    pub async fn wait(&self) -> String {
+        self.token.cancelled().await;
+        self.reason.get().cloned().unwrap_or_default()
+    }
 }
 
 /// Counts a stream as one that may submit windows, while it lives.
@@ -64,22 +161,36 @@ impl BatcherHandle {
         request: RecognitionRequest,
         priority: Priority,
     ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+        let queue = &self.submitter.queue;
         let (reply, receiver) = oneshot::channel();
-        let job = Job {
-            request,
-            priority,
-            reply,
-            enqueued: Instant::now(),
-        };
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(receiver),
-            Err(mpsc::TrySendError::Full(_)) => Err(SubmitError::QueueFull),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        {
+            let mut state = queue.lock();
+            if state.stopped {
+                return Err(SubmitError::Stopped);
+            }
+            // Only jobs someone still waits for count against the bound.
+            state.ready.drop_abandoned(&self.metrics);
+            if state.ready.len() >= queue.capacity {
+                return Err(SubmitError::QueueFull);
+            }
+            state.ready.push(Job {
+                request,
+                priority,
+                reply,
+                enqueued: Instant::now(),
+            });
         }
+        queue.changed.notify_one();
+        Ok(receiver)
     }
 
     pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
+    }
+
+    /// Says if and why the recognizer thread died.
+    pub fn failure(&self) -> &RecognizerFailure {
+        &self.submitter.queue.failure
     }
 
     /// Registers a stream: the batcher never waits for more windows than there are streams
@@ -96,22 +207,26 @@ impl BatcherHandle {
 pub struct BatchPolicy {
     pub max_batch: usize,
     pub max_wait: Duration,
-    /// Queue capacity; the engine sizes it to its session limit (one window per stream).
+    /// Live jobs the queue holds; the engine sizes it to its session limit (one window per
+    /// stream). Jobs of streams that have gone do not count.
     pub capacity: usize,
 }
 
-/// Starts the recognizer thread. It stops when every handle has been dropped.
+/// Starts the recognizer thread. It stops when every handle has been dropped, or when the
+/// model panics (see [`BatcherHandle::failure`]).
 pub fn spawn_batcher(
     recognizer: Box<dyn Recognizer>,
     policy: BatchPolicy,
     metrics: EngineMetrics,
 ) -> std::io::Result<(BatcherHandle, std::thread::JoinHandle<()>)> {
-    let (sender, receiver) = mpsc::sync_channel(policy.capacity.max(1));
+    let queue = Arc::new(Queue::new(policy.capacity));
+    let thread_queue = queue.clone();
     let thread_metrics = metrics.clone();
     let thread = std::thread::Builder::new()
         .name("recognizer".into())
-        .spawn(move || run(recognizer, receiver, policy, &thread_metrics))?;
-    Ok((BatcherHandle { sender, metrics }, thread))
+        .spawn(move || run(recognizer, &thread_queue, policy, &thread_metrics))?;
+    let submitter = Arc::new(Submitter { queue });
+    Ok((BatcherHandle { submitter, metrics }, thread))
 }
 
 /// Ready windows, finals first, each class in arrival order.
@@ -139,10 +254,8 @@ impl ReadyQueue {
         finals.into_iter().chain(partials).min()
     }
 
-    /// Takes up to `max_batch` jobs, finals first, of similar length (see
-    /// [`MIN_LENGTH_RATIO`]); drops jobs whose stream stopped waiting. The oldest final (or
-    /// else the oldest partial) always goes.
-    fn take_batch(&mut self, max_batch: usize, metrics: &EngineMetrics) -> Vec<Job> {
+    /// Drops the jobs whose stream stopped waiting (it dropped its reply receiver).
+    fn drop_abandoned(&mut self, metrics: &EngineMetrics) {
         for queue in [&mut self.finals, &mut self.partials] {
             let before = queue.len();
             queue.retain(|job| !job.reply.is_closed());
@@ -150,6 +263,13 @@ impl ReadyQueue {
                 .windows_skipped
                 .inc_by((before - queue.len()) as u64);
         }
+    }
+
+    /// Takes up to `max_batch` jobs, finals first, of similar length (see
+    /// [`MIN_LENGTH_RATIO`]); drops jobs whose stream stopped waiting. The oldest final (or
+    /// else the oldest partial) always goes.
+    fn take_batch(&mut self, max_batch: usize, metrics: &EngineMetrics) -> Vec<Job> {
+        self.drop_abandoned(metrics);
         let Some(first) = self
             .finals
             .pop_front()
@@ -183,28 +303,39 @@ fn similar_length(a: usize, b: usize) -> bool {
     short as f64 >= MIN_LENGTH_RATIO * long as f64
 }
 
+/// Marks the queue stopped however the thread ends; an end that `run` did not choose (a
+/// panic outside the model call) is a failure.
+struct ThreadExit<'a> {
+    queue: &'a Queue,
+    failure: Option<String>,
+    chosen: bool,
+}
+
+impl Drop for ThreadExit<'_> {
+    fn drop(&mut self) {
+        let failure = if self.chosen {
+            self.failure.take()
+        } else if std::thread::panicking() {
+            Some("the recognizer thread panicked".to_string())
+        } else {
+            Some("the recognizer thread exited".to_string())
+        };
+        self.queue.stop(failure);
+    }
+}
+
 fn run(
     mut recognizer: Box<dyn Recognizer>,
-    receiver: mpsc::Receiver<Job>,
+    queue: &Queue,
     policy: BatchPolicy,
     metrics: &EngineMetrics,
 ) {
-    let mut queue = ReadyQueue::default();
-    loop {
-        if queue.len() == 0 {
-            match receiver.recv() {
-                Ok(job) => queue.push(job),
-                Err(mpsc::RecvError) => return,
-            }
-        }
-        let useful_batch = policy
-            .max_batch
-            .min(metrics.streams_active.get().max(1) as usize);
-        gather(&receiver, &mut queue, useful_batch, policy.max_wait);
-        let batch = queue.take_batch(policy.max_batch, metrics);
-        if batch.is_empty() {
-            continue;
-        }
+    let mut exit = ThreadExit {
+        queue,
+        failure: None,
+        chosen: false,
+    };
+    while let Some(batch) = next_batch(queue, policy, metrics) {
         let requests: Vec<RecognitionRequest> =
             batch.iter().map(|job| job.request.clone()).collect();
         let started = Instant::now();
@@ -216,7 +347,18 @@ fn run(
                 .get_or_create(&WindowLabel::of(job.priority))
                 .inc();
         }
-        let results = recognizer.recognize_batch(&requests);
+        // A panicking model leaves the recognizer in an unknown state: stop rather than decode
+        // anything more with it. The batch's streams see their reply dropped, like every other
+        // stream once the failure is reported; the reason goes to the log, not to clients.
+        let call = AssertUnwindSafe(|| recognizer.recognize_batch(&requests));
+        let results = match std::panic::catch_unwind(call) {
+            Ok(results) => results,
+            Err(panic) => {
+                drop(batch);
+                exit.failure = Some(format!("the model panicked: {}", panic_message(&*panic)));
+                break;
+            }
+        };
         let elapsed = started.elapsed();
         metrics.batches.inc();
         metrics.batch_size.observe(batch.len() as f64);
@@ -253,32 +395,55 @@ fn run(
             }
         }
     }
+    exit.chosen = true;
 }
 
-/// Adds to `queue` whatever arrives until it holds `batch_size` jobs or its oldest job has
-/// waited `max_wait` (which may already be the case after a long model call).
-fn gather(
-    receiver: &mpsc::Receiver<Job>,
-    queue: &mut ReadyQueue,
-    batch_size: usize,
-    max_wait: Duration,
-) {
-    while let Ok(job) = receiver.try_recv() {
-        queue.push(job);
+/// The next batch to decode: waits for a job, then up to `max_wait` after the oldest for a
+/// fuller batch (which may already be over after a long model call). `None` once every handle
+/// is gone and nothing is left.
+fn next_batch(queue: &Queue, policy: BatchPolicy, metrics: &EngineMetrics) -> Option<Vec<Job>> {
+    let mut state = queue.lock();
+    loop {
+        state.ready.drop_abandoned(metrics);
+        let Some(oldest) = state.ready.oldest() else {
+            if state.closed {
+                return None;
+            }
+            state = queue
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        };
+        let useful_batch = policy
+            .max_batch
+            .min(metrics.streams_active.get().max(1) as usize);
+        let deadline = oldest + policy.max_wait;
+        while state.ready.len() < useful_batch && !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = queue
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let batch = state.ready.take_batch(policy.max_batch, metrics);
+        if !batch.is_empty() {
+            return Some(batch);
+        }
     }
-    let Some(oldest) = queue.oldest() else {
-        return;
-    };
-    let deadline = oldest + max_wait;
-    while queue.len() < batch_size {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        match receiver.recv_timeout(deadline - now) {
-            Ok(job) => queue.push(job),
-            Err(_) => break,
-        }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "a panic without a message"
     }
 }
 
@@ -320,40 +485,52 @@ mod tests {
 
     type Recorded = Arc<Mutex<Vec<Vec<f32>>>>;
 
+    /// A handle on a queue whose thread has not started yet (see [`start`]).
     fn recording(
         max_batch: usize,
         max_wait: Duration,
-    ) -> (BatcherHandle, Recorded, mpsc::Receiver<Job>, BatchPolicy) {
+    ) -> (BatcherHandle, Recorded, Arc<Queue>, BatchPolicy) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let policy = BatchPolicy {
             max_batch,
             max_wait,
             capacity: 16,
         };
-        let (sender, receiver) = mpsc::sync_channel(policy.capacity);
+        let queue = Arc::new(Queue::new(policy.capacity));
         let handle = BatcherHandle {
-            sender,
+            submitter: Arc::new(Submitter {
+                queue: queue.clone(),
+            }),
             metrics: EngineMetrics::default(),
         };
-        (handle, batches, receiver, policy)
+        (handle, batches, queue, policy)
     }
 
     fn start(
         handle: &BatcherHandle,
         batches: &Recorded,
-        receiver: mpsc::Receiver<Job>,
+        queue: Arc<Queue>,
         policy: BatchPolicy,
     ) -> std::thread::JoinHandle<()> {
         let recognizer = Box::new(RecordingRecognizer {
             batches: batches.clone(),
         });
+        start_with(recognizer, handle, queue, policy)
+    }
+
+    fn start_with(
+        recognizer: Box<dyn Recognizer>,
+        handle: &BatcherHandle,
+        queue: Arc<Queue>,
+        policy: BatchPolicy,
+    ) -> std::thread::JoinHandle<()> {
         let metrics = handle.metrics.clone();
-        std::thread::spawn(move || run(recognizer, receiver, policy, &metrics))
+        std::thread::spawn(move || run(recognizer, &queue, policy, &metrics))
     }
 
     #[test]
     fn gathers_ready_windows_into_one_call_up_to_max_batch() {
-        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(50));
+        let (handle, batches, queue, policy) = recording(4, Duration::from_millis(50));
         let replies: Vec<_> = (0..6)
             .map(|id| {
                 handle
@@ -361,7 +538,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         for (id, reply) in replies.into_iter().enumerate() {
             let transcript = reply.blocking_recv().unwrap().unwrap();
             assert_eq!(transcript.text, format!("window {id}"));
@@ -374,13 +551,13 @@ mod tests {
 
     #[test]
     fn finals_go_before_partials() {
-        let (handle, batches, receiver, policy) = recording(2, Duration::from_millis(50));
+        let (handle, batches, queue, policy) = recording(2, Duration::from_millis(50));
         let replies = vec![
             handle.submit(request(0.0), Priority::Partial).unwrap(),
             handle.submit(request(1.0), Priority::Partial).unwrap(),
             handle.submit(request(2.0), Priority::Final).unwrap(),
         ];
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         for reply in replies {
             reply.blocking_recv().unwrap().unwrap();
         }
@@ -392,9 +569,9 @@ mod tests {
     #[test]
     fn a_full_batch_does_not_wait_for_max_wait() {
         // With a ten-minute max_wait, a batch that is full must still run at once.
-        let (handle, batches, receiver, policy) = recording(2, Duration::from_secs(600));
+        let (handle, batches, queue, policy) = recording(2, Duration::from_secs(600));
         let _streams = [handle.register_stream(), handle.register_stream()];
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         let first = handle.submit(request(0.0), Priority::Partial).unwrap();
         let second = handle.submit(request(1.0), Priority::Partial).unwrap();
         first.blocking_recv().unwrap().unwrap();
@@ -407,9 +584,9 @@ mod tests {
     #[test]
     fn a_lone_stream_is_not_kept_waiting_for_a_fuller_batch() {
         // One stream can never fill a batch of four: its window must not wait out max_wait.
-        let (handle, batches, receiver, policy) = recording(4, Duration::from_secs(600));
+        let (handle, batches, queue, policy) = recording(4, Duration::from_secs(600));
         let stream = handle.register_stream();
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         let started = Instant::now();
         let reply = handle.submit(request(0.0), Priority::Partial).unwrap();
         reply.blocking_recv().unwrap().unwrap();
@@ -421,9 +598,9 @@ mod tests {
 
     #[test]
     fn waits_for_other_active_streams_up_to_max_batch() {
-        let (handle, batches, receiver, policy) = recording(4, Duration::from_secs(600));
+        let (handle, batches, queue, policy) = recording(4, Duration::from_secs(600));
         let _streams: Vec<_> = (0..3).map(|_| handle.register_stream()).collect();
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         let replies: Vec<_> = (0..3)
             .map(|id| {
                 std::thread::sleep(Duration::from_millis(20));
@@ -442,7 +619,7 @@ mod tests {
 
     #[test]
     fn batches_windows_of_similar_length_together() {
-        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(10));
+        let (handle, batches, queue, policy) = recording(4, Duration::from_millis(10));
         let long_window = RecognitionRequest::new(vec![1.0; 400], WindowKind::Partial);
         let replies = vec![
             handle
@@ -453,7 +630,7 @@ mod tests {
                 .submit(request_of_len(2.0, 110), Priority::Partial)
                 .unwrap(),
         ];
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         for reply in replies {
             reply.blocking_recv().unwrap().unwrap();
         }
@@ -470,12 +647,12 @@ mod tests {
 
     #[test]
     fn skips_windows_whose_stream_has_gone() {
-        let (handle, batches, receiver, policy) = recording(4, Duration::from_millis(10));
+        let (handle, batches, queue, policy) = recording(4, Duration::from_millis(10));
         let abandoned = handle.submit(request(0.0), Priority::Partial).unwrap();
         drop(abandoned);
         let kept = handle.submit(request(1.0), Priority::Partial).unwrap();
         let metrics = handle.metrics.clone();
-        let thread = start(&handle, &batches, receiver, policy);
+        let thread = start(&handle, &batches, queue, policy);
         kept.blocking_recv().unwrap().unwrap();
         drop(handle);
         thread.join().unwrap();
@@ -487,7 +664,7 @@ mod tests {
 
     #[test]
     fn refuses_when_the_queue_is_full() {
-        let (handle, _batches, _receiver, _policy) = recording(1, Duration::from_millis(1));
+        let (handle, _batches, _queue, _policy) = recording(1, Duration::from_millis(1));
         let _held: Vec<_> = (0..16)
             .map(|id| {
                 handle
@@ -499,5 +676,102 @@ mod tests {
             handle.submit(request(99.0), Priority::Final),
             Err(SubmitError::QueueFull)
         ));
+    }
+
+    #[test]
+    fn windows_of_streams_that_have_gone_hold_no_place_in_the_queue() {
+        let (handle, batches, queue, policy) = recording(4, Duration::from_millis(10));
+        // Many more streams come and go, each leaving a window behind, than the queue holds
+        // (as during one long model call).
+        for id in 0..1_000 {
+            let abandoned = handle.submit(request(id as f32), Priority::Final).unwrap();
+            drop(abandoned);
+        }
+        assert!(
+            queue.lock().ready.len() <= 1,
+            "dead work is dropped at once"
+        );
+        // Every place is still there for live streams, and no more.
+        let live: Vec<_> = (0..policy.capacity)
+            .map(|id| {
+                handle
+                    .submit(request(1_000.0 + id as f32), Priority::Partial)
+                    .unwrap()
+            })
+            .collect();
+        assert!(matches!(
+            handle.submit(request(99.0), Priority::Final),
+            Err(SubmitError::QueueFull)
+        ));
+        let metrics = handle.metrics.clone();
+        let thread = start(&handle, &batches, queue, policy);
+        for reply in live {
+            reply.blocking_recv().unwrap().unwrap();
+        }
+        drop(handle);
+        thread.join().unwrap();
+        let decoded: Vec<f32> = batches.lock().unwrap().concat();
+        assert_eq!(decoded.len(), policy.capacity);
+        assert!(decoded.iter().all(|&id| id >= 1_000.0), "{decoded:?}");
+        assert_eq!(metrics.windows_skipped.get(), 1_000);
+    }
+
+    /// Panics in every model call.
+    struct PanickingRecognizer;
+
+    impl Recognizer for PanickingRecognizer {
+        fn n_mels(&self) -> usize {
+            1
+        }
+        fn recognize_batch(
+            &mut self,
+            _batch: &[RecognitionRequest],
+        ) -> Result<Vec<Transcript>, ModelError> {
+            panic!("the model broke down")
+        }
+    }
+
+    #[test]
+    fn a_panicking_model_stops_the_recognizer_and_says_why() {
+        let (handle, _batches, queue, policy) = recording(1, Duration::from_millis(1));
+        let first = handle.submit(request(0.0), Priority::Final).unwrap();
+        let queued = handle.submit(request(1.0), Priority::Final).unwrap();
+        assert_eq!(handle.failure().reason(), None);
+        let thread = start_with(Box::new(PanickingRecognizer), &handle, queue, policy);
+        // The panic is caught: the thread ends in order.
+        thread.join().unwrap();
+        // Neither the window in the model call nor the one behind it gets an answer...
+        assert!(first.blocking_recv().is_err());
+        assert!(queued.blocking_recv().is_err());
+        // ...nothing more is accepted, and the failure says why.
+        assert!(matches!(
+            handle.submit(request(2.0), Priority::Final),
+            Err(SubmitError::Stopped)
+        ));
+        let reason = handle.failure().reason().expect("a failure");
+        assert!(reason.contains("the model broke down"), "{reason}");
+    }
+
+    #[test]
+    fn a_recognizer_thread_that_ends_on_its_own_is_a_failure() {
+        let queue = Queue::new(4);
+        drop(ThreadExit {
+            queue: &queue,
+            failure: None,
+            chosen: false,
+        });
+        assert!(queue.lock().stopped);
+        let reason = queue.failure.reason().expect("a failure");
+        assert!(reason.contains("exited"), "{reason}");
+    }
+
+    #[test]
+    fn a_recognizer_that_is_no_longer_needed_stops_without_a_failure() {
+        let (handle, batches, queue, policy) = recording(1, Duration::from_millis(1));
+        let failure = handle.failure().clone();
+        let thread = start(&handle, &batches, queue, policy);
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(failure.reason(), None);
     }
 }
