@@ -22,6 +22,12 @@ pub struct EngineConfig {
     /// A stream that sends nothing for this long is flushed and closed, so that abandoned
     /// streams do not hold sessions forever.
     pub idle_timeout: Duration,
+    /// A stream whose first request has not arrived this long after it opened is ended with
+    /// DEADLINE_EXCEEDED: opening streams and saying nothing must not hold sessions.
+    pub first_message_timeout: Duration,
+    /// A stream whose client takes none of its responses for this long (its response buffer
+    /// stays full) is ended, so that a client that stops reading does not hold a session.
+    pub write_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +41,8 @@ impl Default for EngineConfig {
             max_sessions: 64,
             shutdown_deadline: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            first_message_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -64,6 +72,10 @@ pub enum ConfigError {
     MaxWait(Duration),
     #[error("idle timeout must be at least 1 s")]
     IdleTimeout,
+    #[error("first message timeout must be at least 1 s")]
+    FirstMessageTimeout,
+    #[error("write timeout must be at least 1 s")]
+    WriteTimeout,
 }
 
 impl EngineConfig {
@@ -89,6 +101,12 @@ impl EngineConfig {
         if self.idle_timeout < Duration::from_secs(1) {
             return Err(ConfigError::IdleTimeout);
         }
+        if self.first_message_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::FirstMessageTimeout);
+        }
+        if self.write_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::WriteTimeout);
+        }
         Ok(())
     }
 }
@@ -104,6 +122,8 @@ mod tests {
         assert_eq!(config.chunk, Duration::from_millis(300));
         assert_eq!(config.max_batch, 4);
         assert_eq!(config.max_wait, Duration::from_millis(50));
+        assert_eq!(config.first_message_timeout, Duration::from_secs(10));
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
     }
 
     #[test]
@@ -126,5 +146,18 @@ mod tests {
             bad_utterance.validate(),
             Err(ConfigError::MaxUtterance(_))
         ));
+        let no_first_message_wait = EngineConfig {
+            first_message_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(
+            no_first_message_wait.validate(),
+            Err(ConfigError::FirstMessageTimeout)
+        );
+        let no_write_wait = EngineConfig {
+            write_timeout: Duration::from_millis(10),
+            ..Default::default()
+        };
+        assert_eq!(no_write_wait.validate(), Err(ConfigError::WriteTimeout));
     }
 }

@@ -12,6 +12,9 @@ pub mod server;
 pub mod service;
 pub mod session;
 
+#[cfg(test)]
+mod engine_tests;
+
 pub use config::EngineConfig;
 pub use metrics::EngineMetrics;
 pub use server::{EngineError, RunningEngine, SERVICE_NAME, run_engine};

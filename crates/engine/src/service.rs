@@ -1,6 +1,7 @@
 //! The `stt.SpeechToText` gRPC service: admission, one task per stream, and the mapping of
 //! session outputs and errors onto the wire (the only place that builds a `tonic::Status`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,18 +11,29 @@ use earshot_proto::{
     EngineEvent, ResponseKind, StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::batcher::{BatcherHandle, JobResult};
+use crate::batcher::{BatcherHandle, JobResult, SubmitError};
 use crate::config::{CHUNK_RANGE, ENDPOINT_RANGE, EngineConfig};
 use crate::session::{DecodeTicket, Session, SessionOutput, SessionSettings};
 
-/// Responses buffered per stream before partials are dropped (finals always wait for room).
+/// Responses buffered per stream before partials are dropped and finals wait for room (up to
+/// the write timeout). One more place is kept for the status that ends the stream.
 const RESPONSE_BUFFER: usize = 32;
+/// Finals and events waiting for room in the response buffer beyond which the stream stops
+/// reading audio (HTTP/2 flow control then pushes back on the client).
+const MAX_UNSENT: usize = 8;
+/// Longest `session_id` accepted, in bytes (printable ASCII only).
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+/// Client strings quoted in error messages (and so in logs) are cut to this many characters.
+const MAX_QUOTED_CHARS: usize = 64;
+
+type ResponseSender = mpsc::Sender<Result<StreamingRecognizeResponse, Status>>;
 
 /// Everything the streams share.
 pub struct EngineState {
@@ -80,6 +92,11 @@ impl SpeechToText for SpeechService {
         if self.state.shutdown.is_cancelled() {
             return Err(Status::unavailable("engine is shutting down"));
         }
+        if self.state.batcher.failure().reason().is_some() {
+            return Err(Status::unavailable(
+                "the engine's recognizer has stopped working; use another engine",
+            ));
+        }
         // Refuse at once rather than queueing: the caller can try another engine.
         let permit = self
             .state
@@ -94,7 +111,7 @@ impl SpeechToText for SpeechService {
                 ))
             })?;
         let peer = request.remote_addr();
-        let (sender, receiver) = mpsc::channel(RESPONSE_BUFFER);
+        let (sender, receiver) = mpsc::channel(RESPONSE_BUFFER + 1);
         let state = self.state.clone();
         let inbound = request.into_inner();
         let span = tracing::info_span!("stream", session_id = tracing::field::Empty, ?peer);
@@ -110,8 +127,16 @@ impl SpeechToText for SpeechService {
 enum StreamError {
     #[error("{0}")]
     InvalidArgument(String),
+    #[error(
+        "no request within {0:?} of opening the stream: the first request (with audio_config) must be sent at once"
+    )]
+    NoFirstRequest(Duration),
+    #[error("the client did not read its responses for {0:?}; the stream was ended")]
+    NotReading(Duration),
     #[error("model inference failed: {0}")]
     Inference(String),
+    #[error("the engine's recognizer has stopped working; the stream was ended")]
+    RecognizerFailed,
     #[error("engine is shutting down; every word heard before this point was sent as a final")]
     ShuttingDown,
     #[error("the recognizer is unavailable: {0}")]
@@ -126,7 +151,12 @@ impl From<StreamError> for Status {
     fn from(err: StreamError) -> Self {
         match &err {
             StreamError::InvalidArgument(_) => Status::invalid_argument(err.to_string()),
-            StreamError::Inference(_) => Status::internal(err.to_string()),
+            StreamError::NoFirstRequest(_) | StreamError::NotReading(_) => {
+                Status::deadline_exceeded(err.to_string())
+            }
+            StreamError::Inference(_) | StreamError::RecognizerFailed => {
+                Status::internal(err.to_string())
+            }
             StreamError::ShuttingDown | StreamError::Unavailable(_) => {
                 Status::unavailable(err.to_string())
             }
@@ -138,34 +168,56 @@ impl From<StreamError> for Status {
 async fn run_stream(
     state: Arc<EngineState>,
     inbound: Streaming<StreamingRecognizeRequest>,
-    sender: mpsc::Sender<Result<StreamingRecognizeResponse, Status>>,
+    sender: ResponseSender,
     _permit: OwnedSemaphorePermit,
 ) {
     let _active = state.batcher.register_stream();
+    // The status that ends the stream always has a place, however full the buffer is.
+    let status_slot = sender.clone().try_reserve_owned().ok();
     let mut stream = StreamTask {
         state,
         sender,
         session_id: String::new(),
+        unsent: VecDeque::new(),
     };
-    let outcome = stream.run(inbound).await;
-    match outcome {
-        Ok(()) => tracing::info!("stream ended"),
-        // The client's mistakes and planned ends are routine; the engine's own failures are not.
-        Err(err @ (StreamError::Inference(_) | StreamError::Unavailable(_))) => {
-            tracing::warn!(error = %err, "stream failed");
-            let _ = stream.sender.send(Err(err.into())).await;
+    let err = match stream.run(inbound).await {
+        Ok(()) => {
+            tracing::info!("stream ended");
+            return;
         }
-        Err(err) => {
-            tracing::info!(error = %err, "stream ended with an error");
-            let _ = stream.sender.send(Err(err.into())).await;
+        Err(err) => err,
+    };
+    match &err {
+        // The engine's own failures are not routine; the client's mistakes and planned ends are.
+        StreamError::Inference(_) | StreamError::Unavailable(_) | StreamError::RecognizerFailed => {
+            tracing::warn!(error = %err, "stream failed");
+        }
+        _ => tracing::info!(error = %err, "stream ended with an error"),
+    }
+    if !matches!(err, StreamError::NotReading(_)) {
+        // Results produced before the error stand: deliver them first, within the deadline.
+        stream.flush_unsent().await;
+    }
+    let status = Status::from(err);
+    match status_slot {
+        Some(slot) => {
+            slot.send(Err(status));
+        }
+        None => {
+            let _ = stream.sender.try_send(Err(status));
         }
     }
 }
 
+type InFlight = (DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>);
+
 struct StreamTask {
     state: Arc<EngineState>,
-    sender: mpsc::Sender<Result<StreamingRecognizeResponse, Status>>,
+    sender: ResponseSender,
     session_id: String,
+    /// Finals and events that found the response buffer full, oldest first. While any wait,
+    /// partials are dropped (nothing may overtake a final) and the write deadline runs.
+    unsent: VecDeque<StreamingRecognizeResponse>,
 }
 
 impl StreamTask {
@@ -173,10 +225,9 @@ impl StreamTask {
         &mut self,
         mut inbound: Streaming<StreamingRecognizeRequest>,
     ) -> Result<(), StreamError> {
-        let first = match inbound.message().await {
-            Ok(Some(first)) => first,
+        let Some(first) = self.first_request(&mut inbound).await? else {
             // The client went away before saying anything.
-            Ok(None) | Err(_) => return Ok(()),
+            return Ok(());
         };
         let mut session = self.open_session(&first)?;
         session
@@ -186,26 +237,41 @@ impl StreamTask {
             session.finalize();
         }
 
-        let mut in_flight: Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)> = None;
+        let mut in_flight: Option<InFlight> = None;
         let mut input_open = true;
         let mut shutting_down = false;
         let mut went_idle = false;
         let idle_timeout = self.state.config.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        let write_timeout = self.state.config.write_timeout;
+        let write_deadline = tokio::time::sleep(write_timeout);
+        tokio::pin!(write_deadline);
+        let failure = self.state.batcher.failure().clone();
         loop {
-            self.send_outputs(&mut session).await?;
+            let nothing_waited = self.unsent.is_empty();
+            self.queue_outputs(&mut session);
             if in_flight.is_none() {
-                in_flight = self.schedule(&mut session).await?;
+                in_flight = self.schedule(&mut session)?;
             }
-            if !input_open && in_flight.is_none() && session.is_drained() {
+            if nothing_waited && !self.unsent.is_empty() {
+                write_deadline
+                    .as_mut()
+                    .reset(Instant::now() + write_timeout);
+            }
+            if !input_open && in_flight.is_none() && session.is_drained() && self.unsent.is_empty()
+            {
                 break;
             }
-            let read_allowed = input_open && !session.is_backlogged();
+            let backlogged = session.is_backlogged();
+            let read_allowed = input_open && !backlogged && self.unsent.len() < MAX_UNSENT;
+            // Not reading because the model is behind is not the client's idleness; not reading
+            // because the client does not take its results is, so the idle timer keeps running.
+            let idle_counts = input_open && !backlogged;
             tokio::select! {
                 message = inbound.message(), if read_allowed => match message {
                     Ok(Some(request)) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                        idle.as_mut().reset(Instant::now() + idle_timeout);
                         if request.audio_config.is_some() || request.recognition_config.is_some() {
                             return Err(StreamError::InvalidArgument(
                                 "audio_config and recognition_config are only accepted in the first request".into(),
@@ -233,15 +299,31 @@ impl StreamTask {
                 {
                     let (ticket, _) = in_flight.take().expect("guarded by the select condition");
                     // Time spent not reading (backlogged) is not the client's idleness.
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
                     let transcript = match result {
                         Ok(Ok(transcript)) => transcript,
                         Ok(Err(message)) => return Err(StreamError::Inference(message)),
-                        Err(_) => return Err(StreamError::Unavailable("recognizer thread stopped".into())),
+                        Err(_) => return Err(StreamError::RecognizerFailed),
                     };
                     session.finish(ticket, Some(transcript));
                 }
-                () = &mut idle, if read_allowed => {
+                permit = self.sender.reserve(), if !self.unsent.is_empty() => {
+                    let Ok(permit) = permit else {
+                        tracing::debug!("client went away before its results were delivered");
+                        return Ok(());
+                    };
+                    if let Some(response) = self.unsent.pop_front() {
+                        permit.send(Ok(response));
+                    }
+                    // The client is reading: it has another write timeout for the rest.
+                    let now = Instant::now();
+                    write_deadline.as_mut().reset(now + write_timeout);
+                    idle.as_mut().reset(now + idle_timeout);
+                }
+                () = &mut write_deadline, if !self.unsent.is_empty() => {
+                    return Err(StreamError::NotReading(write_timeout));
+                }
+                () = &mut idle, if idle_counts => {
                     tracing::info!(?idle_timeout, "no audio; closing the stream");
                     session.end_of_stream();
                     input_open = false;
@@ -252,13 +334,13 @@ impl StreamTask {
                     input_open = false;
                     shutting_down = true;
                 }
+                _ = failure.wait() => return Err(StreamError::RecognizerFailed),
                 () = self.sender.closed() => {
                     tracing::debug!("client stopped reading; ending the stream");
                     return Ok(());
                 }
             }
         }
-        self.send_outputs(&mut session).await?;
         if shutting_down {
             return Err(StreamError::ShuttingDown);
         }
@@ -268,10 +350,27 @@ impl StreamTask {
         Ok(())
     }
 
+    /// Waits for the first request, for at most the first-request timeout: a stream that
+    /// says nothing must not hold a session for as long as its connection lives.
+    async fn first_request(
+        &self,
+        inbound: &mut Streaming<StreamingRecognizeRequest>,
+    ) -> Result<Option<StreamingRecognizeRequest>, StreamError> {
+        let timeout = self.state.config.first_message_timeout;
+        tokio::select! {
+            message = inbound.message() => Ok(message.ok().flatten()),
+            () = tokio::time::sleep(timeout) => Err(StreamError::NoFirstRequest(timeout)),
+            () = self.state.shutdown.cancelled() => Err(StreamError::ShuttingDown),
+            _ = self.state.batcher.failure().wait() => Err(StreamError::RecognizerFailed),
+            () = self.sender.closed() => Ok(None),
+        }
+    }
+
     fn open_session(&mut self, first: &StreamingRecognizeRequest) -> Result<Session, StreamError> {
         self.session_id = if first.session_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
+            check_session_id(&first.session_id)?;
             first.session_id.clone()
         };
         tracing::Span::current().record("session_id", self.session_id.as_str());
@@ -337,8 +436,8 @@ impl StreamTask {
         }
         if !matches!(config.language.as_str(), "" | "en") {
             return Err(StreamError::InvalidArgument(format!(
-                "language {:?} is not supported: this engine's model is English-only (use \"en\")",
-                config.language
+                "language {} is not supported: this engine's model is English-only (use \"en\")",
+                quoted(&config.language)
             )));
         }
         settings.interim_results = config.interim_results.unwrap_or(true);
@@ -348,42 +447,97 @@ impl StreamTask {
     }
 
     /// Submits the next due window, if any. Empty windows are answered without the model.
-    async fn schedule(
-        &mut self,
-        session: &mut Session,
-    ) -> Result<Option<(DecodeTicket, tokio::sync::oneshot::Receiver<JobResult>)>, StreamError>
-    {
+    fn schedule(&mut self, session: &mut Session) -> Result<Option<InFlight>, StreamError> {
         loop {
             let Some((ticket, request)) = session.next_window() else {
                 return Ok(None);
             };
             let Some(request) = request else {
                 session.finish(ticket, None);
-                self.send_outputs(session).await?;
+                self.queue_outputs(session);
                 continue;
             };
             let receiver = self
                 .state
                 .batcher
                 .submit(request, ticket.priority)
-                .map_err(|err| StreamError::Unavailable(err.to_string()))?;
+                .map_err(|err| match err {
+                    SubmitError::Stopped => StreamError::RecognizerFailed,
+                    SubmitError::QueueFull => StreamError::Unavailable(err.to_string()),
+                })?;
             return Ok(Some((ticket, receiver)));
         }
     }
 
-    async fn send_outputs(&mut self, session: &mut Session) -> Result<(), StreamError> {
+    /// Hands the session's outputs to the response buffer without waiting. A partial that
+    /// finds no room is dropped (a newer one follows); a final or event waits in `unsent`.
+    fn queue_outputs(&mut self, session: &mut Session) {
         let audio_duration_ms = session.audio_duration().as_millis() as i64;
         for output in session.take_outputs() {
             let is_partial = matches!(&output, SessionOutput::Result(r) if !r.is_final);
             let response = to_response(output, audio_duration_ms, &self.session_id);
-            if is_partial {
-                // A newer partial will follow; never block audio on a slow reader for one.
-                let _ = self.sender.try_send(Ok(response));
-            } else if self.sender.send(Ok(response)).await.is_err() {
-                tracing::debug!("client went away before its final was delivered");
+            if !self.unsent.is_empty() {
+                // Keep the order: nothing overtakes a final that waits for room.
+                if !is_partial {
+                    self.unsent.push_back(response);
+                }
+                continue;
+            }
+            match self.sender.try_send(Ok(response)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Ok(response))) if !is_partial => {
+                    self.unsent.push_back(response);
+                }
+                // A dropped partial; or the client is gone, which the stream loop sees next.
+                Err(_) => {}
             }
         }
-        Ok(())
+    }
+
+    /// Delivers what waits in `unsent`, for at most the write timeout.
+    async fn flush_unsent(&mut self) {
+        let deadline = tokio::time::sleep(self.state.config.write_timeout);
+        tokio::pin!(deadline);
+        while let Some(response) = self.unsent.pop_front() {
+            tokio::select! {
+                permit = self.sender.reserve() => match permit {
+                    Ok(permit) => permit.send(Ok(response)),
+                    Err(_) => return,
+                },
+                () = &mut deadline => return,
+            }
+        }
+    }
+}
+
+/// A `session_id` is echoed in every response and recorded in logs: keep it short and plain.
+fn check_session_id(session_id: &str) -> Result<(), StreamError> {
+    let rule = format!(
+        "session_id must be at most {MAX_SESSION_ID_BYTES} bytes of printable ASCII (0x20 to 0x7E)"
+    );
+    if session_id.len() > MAX_SESSION_ID_BYTES {
+        return Err(StreamError::InvalidArgument(format!(
+            "{rule}; this one is {} bytes",
+            session_id.len()
+        )));
+    }
+    if let Some(position) = session_id.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
+        return Err(StreamError::InvalidArgument(format!(
+            "{rule}; byte {position} is not"
+        )));
+    }
+    Ok(())
+}
+
+/// A client string as it may appear in a message or a log line: escaped (no line breaks or
+/// control characters get through) and cut to [`MAX_QUOTED_CHARS`].
+fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}…")
+    } else {
+        format!("{head:?}")
     }
 }
 
