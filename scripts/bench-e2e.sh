@@ -27,7 +27,7 @@ run() {
     shift
     # A fresh server per run: its memory and histograms belong to this run only.
     # shellcheck disable=SC2086 # SERVE_ARGS is a list of options
-    "$bin" serve --listen "127.0.0.1:$port" --store sqlite::memory: ${SERVE_ARGS:-} >/dev/null 2>"$out/$name.log" &
+    "$bin" serve --listen "127.0.0.1:$port" --store sqlite::memory: --max-sessions-per-ip 0 --max-pace 0 ${SERVE_ARGS:-} >/dev/null 2>"$out/$name.log" &
     local pid=$!
     until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
     echo "== $name" >&2

@@ -26,7 +26,7 @@ sleep 1
 for n in "${counts[@]}"; do
     # A fresh gateway per run, so that its memory and histograms belong to this run only.
     "$bin" gateway --listen "127.0.0.1:$gateway_port" --engine "http://127.0.0.1:$engine_port" \
-        --store sqlite::memory: --max-connections 20000 >/dev/null 2>"$out/gateway-$n.log" &
+        --store sqlite::memory: --max-connections 20000 --max-sessions-per-ip 0 >/dev/null 2>"$out/gateway-$n.log" &
     gateway_pid=$!
     sleep 1
     # Ramp over a quarter of the run, at most 30 s.

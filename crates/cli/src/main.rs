@@ -105,26 +105,61 @@ pub struct RecognitionArgs {
     /// Concurrent streams; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     pub max_sessions: usize,
-    /// On SIGTERM, how long streams get to receive their last finals, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub shutdown_deadline_secs: u64,
-    /// Close a stream that sends nothing for this many seconds (after its finals).
-    #[arg(long, default_value_t = 60)]
-    pub idle_timeout_secs: u64,
 }
 
+/// Timeouts shared by the gateway and the engine (under `earshot serve` they set both).
+#[derive(Args, Clone)]
+pub struct LifecycleArgs {
+    /// End a session (gateway) or stream (engine) with no audio and no keepalive for this many
+    /// seconds, after its finals.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// On SIGTERM, how long sessions and streams get to receive their last finals before the
+    /// process exits anyway, in seconds (default: 15 for the gateway and serve, 10 for the
+    /// engine).
+    #[arg(long)]
+    pub shutdown_deadline_secs: Option<u64>,
+    /// End a session or stream whose client sends nothing within this many seconds of
+    /// connecting.
+    #[arg(long, default_value_t = 10)]
+    pub first_message_timeout_secs: u64,
+    /// End a session (`slow_consumer`, 1008) or stream whose client takes nothing of what is
+    /// written to it for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub write_timeout_secs: u64,
+}
+
+/// How much longer the engine under `earshot serve` waits than the gateway, so that the
+/// gateway (which tells the client why) acts first.
+const ENGINE_MARGIN: Duration = Duration::from_secs(5);
+
 impl RecognitionArgs {
-    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let config = EngineConfig {
+    /// The engine's settings; `lifecycle` overrides the defaults of its timeouts, `margin` is
+    /// added to them (the gateway in front acts first).
+    pub fn engine_config(
+        &self,
+        lifecycle: Option<&LifecycleArgs>,
+        margin: Duration,
+    ) -> anyhow::Result<EngineConfig> {
+        let defaults = EngineConfig::default();
+        let mut config = EngineConfig {
             chunk: Duration::from_millis(self.chunk_ms),
             endpoint_silence: Duration::from_millis(self.endpoint_ms),
             max_utterance: Duration::from_millis(self.max_utterance_ms),
             max_batch: self.max_batch,
             max_wait: Duration::from_millis(self.max_wait_ms),
             max_sessions: self.max_sessions,
-            shutdown_deadline: Duration::from_secs(self.shutdown_deadline_secs),
-            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..defaults
         };
+        if let Some(lifecycle) = lifecycle {
+            config.idle_timeout = Duration::from_secs(lifecycle.idle_timeout_secs) + margin;
+            config.first_message_timeout =
+                Duration::from_secs(lifecycle.first_message_timeout_secs) + margin;
+            config.write_timeout = Duration::from_secs(lifecycle.write_timeout_secs) + margin;
+            if let Some(secs) = lifecycle.shutdown_deadline_secs {
+                config.shutdown_deadline = Duration::from_secs(secs);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -154,6 +189,23 @@ pub struct GatewayArgs {
     /// Serve `/metrics` on this address instead of the main one (keeps it off a public port).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Concurrent sessions from one client address; more get HTTP 429 (0: no cap).
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions_per_ip: usize,
+    /// Send a WebSocket ping this often, in seconds; two unanswered ones close the session.
+    #[arg(long, default_value_t = 20)]
+    pub ping_interval_secs: u64,
+    /// Refuse audio sent faster than this many times real time over 10 s (`too_fast`; 0: off).
+    #[arg(long, default_value_t = 4.0)]
+    pub max_pace: f64,
+    /// HTTP request headers must arrive within this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+    /// Open HTTP connections that are not WebSockets; more are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_http_connections: usize,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
 }
 
 impl GatewayArgs {
@@ -175,14 +227,27 @@ impl GatewayArgs {
     }
 
     fn config(&self, engines: Vec<String>) -> earshot_gateway::GatewayConfig {
+        let defaults = earshot_gateway::GatewayConfig::default();
         earshot_gateway::GatewayConfig {
             engines,
             max_sessions: self.max_connections,
+            max_sessions_per_ip: self.max_sessions_per_ip,
             max_frame_bytes: self.max_frame_bytes,
             max_buffer_bytes: self.max_buffer_bytes,
             slow_down_ms: self.slow_down_ms,
             resume_ms: self.resume_ms,
             metrics_listen: self.metrics_listen,
+            first_message_timeout: Duration::from_secs(self.lifecycle.first_message_timeout_secs),
+            idle_timeout: Duration::from_secs(self.lifecycle.idle_timeout_secs),
+            write_timeout: Duration::from_secs(self.lifecycle.write_timeout_secs),
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            max_pace: self.max_pace,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_http_connections: self.max_http_connections,
+            shutdown_deadline: self
+                .lifecycle
+                .shutdown_deadline_secs
+                .map_or(defaults.shutdown_deadline, Duration::from_secs),
         }
     }
 }
@@ -227,6 +292,8 @@ struct EngineArgs {
     model: ModelArgs,
     #[command(flatten)]
     recognition: RecognitionArgs,
+    #[command(flatten)]
+    lifecycle: LifecycleArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -294,7 +361,9 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         earshot_engine::bench::run_benchmark_engine(timing, listener, shutdown_signal()).await?;
         return Ok(());
     }
-    let config = args.recognition.engine_config()?;
+    let config = args
+        .recognition
+        .engine_config(Some(&args.lifecycle), Duration::ZERO)?;
     let recognizer = args.model.load()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -328,7 +397,9 @@ async fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
-    let engine_config = args.recognition.engine_config()?;
+    let engine_config = args
+        .recognition
+        .engine_config(Some(&args.gateway.lifecycle), ENGINE_MARGIN)?;
     let recognizer = args.model.load()?;
     let gateway_listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -355,7 +426,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = gateway_listener.local_addr()?;
     // Scripts and tests read this line to find a port chosen with :0.
     println!("earshot listening on http://{addr}/ (open it in a browser)");
-    earshot_gateway::serve(state, gateway_listener, shutdown_signal()).await?;
+    // A dead recognizer ends everything: the process exits non-zero rather than serving pages
+    // while every session fails.
+    tokio::select! {
+        served = earshot_gateway::serve(state, gateway_listener, shutdown_signals()) => served?,
+        failure = engine.failed() => {
+            return Err(anyhow::Error::new(failure).context("the engine failed"));
+        }
+    }
     engine.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
@@ -376,7 +454,7 @@ async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
         "earshot gateway listening on http://{}/",
         listener.local_addr()?
     );
-    earshot_gateway::serve(state, listener, shutdown_signal()).await?;
+    earshot_gateway::serve(state, listener, shutdown_signals()).await?;
     Ok(())
 }
 
@@ -387,6 +465,41 @@ fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("earshot")
+}
+
+/// One item per SIGTERM or Ctrl-C (the first starts a graceful shutdown, a second forces it).
+pub fn shutdown_signals() -> impl futures::Stream<Item = ()> + Unpin + Send {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                    None
+                }
+            };
+        loop {
+            #[cfg(unix)]
+            let terminated = async {
+                match &mut terminate {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let terminated = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+            if sender.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

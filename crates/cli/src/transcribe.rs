@@ -59,7 +59,9 @@ struct JsonWord<'a> {
 pub async fn run(args: TranscribeArgs) -> anyhow::Result<()> {
     let audio = earshot_audio::wav::read_wav(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let config = args.recognition.engine_config()?;
+    let config = args
+        .recognition
+        .engine_config(None, std::time::Duration::ZERO)?;
 
     let (url, engine) = match &args.engine {
         Some(url) => (url.clone(), None),

@@ -232,7 +232,8 @@ async fn a_client_faster_than_the_engine_is_told_to_slow_down_then_resume() {
 /// had already taken, which it flushes after the close.
 #[tokio::test]
 async fn passing_the_buffer_limit_closes_with_1008_and_keeps_the_transcript() {
-    let serve = GatewayProcess::serve(&["--max-buffer-bytes", "300000"]).await;
+    // A flood well past the pace limit, which is not what this test is about.
+    let serve = GatewayProcess::serve(&["--max-buffer-bytes", "300000", "--max-pace", "0"]).await;
     let socket = connect(&serve, "").await;
     let (mut writer, mut reader) = socket.split();
     // A client that ignores slow_down: it keeps writing while the server answers.
@@ -317,6 +318,8 @@ async fn a_client_that_just_disconnects_still_gets_its_audio_transcribed_and_sto
 #[tokio::test]
 async fn a_queue_full_of_tiny_frames_pauses_reading_instead_of_closing() {
     let serve = GatewayProcess::serve(&[
+        "--max-pace",
+        "0",
         "--max-buffer-bytes",
         "4000000",
         "--slow-down-ms",

@@ -75,7 +75,8 @@ async fn loadgen_reports_latency_accuracy_and_server_resources_against_serve() {
 #[tokio::test]
 async fn loadgen_drives_many_sessions_through_a_gateway_on_the_echo_engine() {
     let engine = EngineProcess::start(&["--benchmark-echo"]).await;
-    let gateway = GatewayProcess::gateway(&[&engine.url], &[]);
+    // Every session comes from 127.0.0.1: no per-address cap here.
+    let gateway = GatewayProcess::gateway(&[&engine.url], &["--max-sessions-per-ip", "0"]);
     gateway.wait_until_ready().await;
     let report = loadgen(&[
         "--url",

@@ -23,7 +23,8 @@ pub struct ListQuery {
     before: Option<i64>,
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+/// The JSON error body every HTTP route answers with: `{"error":{"code","message"}}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: String) -> Response {
     (
         status,
         Json(serde_json::json!({"error": {"code": code, "message": message}})),

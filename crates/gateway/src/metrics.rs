@@ -1,9 +1,7 @@
 //! Prometheus metrics of the gateway (docs/metrics.md). Label sets are bounded: close reasons
 //! and error kinds only, never a session id.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use earshot_store::StoreWriter;
 
@@ -41,6 +39,9 @@ pub struct GatewayMetrics {
     pub latency: Histogram,
     pub connections_active: Gauge,
     pub connections_rejected: Counter,
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub upgrade_failures: Counter,
+    pub http_connections_active: Gauge,
     pub sessions_opened: Counter,
     pub sessions_closed: Family<ReasonLabel, Counter>,
     pub slow_down: Counter,
@@ -59,6 +60,9 @@ impl Default for GatewayMetrics {
             latency: Histogram::new(LATENCY_BUCKETS),
             connections_active: Gauge::default(),
             connections_rejected: Counter::default(),
+            connections_refused: Family::default(),
+            upgrade_failures: Counter::default(),
+            http_connections_active: Gauge::default(),
             sessions_opened: Counter::default(),
             sessions_closed: Family::default(),
             slow_down: Counter::default(),
@@ -100,6 +104,21 @@ impl GatewayMetrics {
             self.connections_rejected.clone(),
         );
         registry.register(
+            "stt_connections_refused",
+            "Connections refused before a session began, by reason (capacity, per_ip, shutdown, http_connections)",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "stt_websocket_upgrade_failures",
+            "Accepted upgrade requests whose connection failed before the WebSocket opened",
+            self.upgrade_failures.clone(),
+        );
+        registry.register(
+            "stt_http_connections_active",
+            "Open HTTP connections not (yet) upgraded to a WebSocket",
+            self.http_connections_active.clone(),
+        );
+        registry.register(
             "stt_sessions_opened",
             "WebSocket sessions opened",
             self.sessions_opened.clone(),
@@ -126,7 +145,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "stt_errors",
-            "Errors by kind (websocket, grpc, engine, store)",
+            "Errors by kind (websocket, grpc, engine, store, internal)",
             self.errors.clone(),
         );
         registry.register(
@@ -145,10 +164,34 @@ impl GatewayMetrics {
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }
 
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     pub fn session_closed(&self, reason: &'static str) {
         self.sessions_closed
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+}
+
+/// Counts one open thing in a gauge for as long as it lives, whatever way it ends (a panic or
+/// a cancelled task included).
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -268,38 +311,6 @@ fn encode_counter(
     counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
-/// When each recent audio frame arrived, by the audio time at its end, so that a result can
-/// be timed from the arrival of the audio it covers. Bounded: old frames are forgotten.
-#[derive(Debug, Default)]
-pub struct ArrivalLog {
-    frames: VecDeque<(u64, Instant)>,
-}
-
-const ARRIVALS_KEPT: usize = 1200;
-
-impl ArrivalLog {
-    pub fn record(&mut self, audio_end_ms: u64, at: Instant) {
-        if self.frames.len() == ARRIVALS_KEPT {
-            self.frames.pop_front();
-        }
-        self.frames.push_back((audio_end_ms, at));
-    }
-
-    /// When the frame holding audio time `audio_ms` arrived, if still remembered.
-    pub fn arrival_of(&self, audio_ms: i64) -> Option<Instant> {
-        let audio_ms = u64::try_from(audio_ms).unwrap_or(0);
-        self.frames
-            .iter()
-            .find(|(end, _)| *end >= audio_ms)
-            .map(|(_, at)| *at)
-    }
-
-    pub fn elapsed_since(&self, audio_ms: i64, now: Instant) -> Option<Duration> {
-        self.arrival_of(audio_ms)
-            .map(|at| now.saturating_duration_since(at))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,30 +338,5 @@ mod tests {
             text.contains("stt_errors_total{kind=\"engine\"} 1"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn arrival_log_finds_the_frame_holding_an_audio_time() {
-        let mut log = ArrivalLog::default();
-        let start = Instant::now();
-        log.record(100, start);
-        log.record(200, start + Duration::from_millis(100));
-        assert_eq!(
-            log.arrival_of(150),
-            Some(start + Duration::from_millis(100))
-        );
-        assert_eq!(log.arrival_of(0), Some(start));
-        assert_eq!(log.arrival_of(250), None);
-    }
-
-    #[test]
-    fn arrival_log_is_bounded() {
-        let mut log = ArrivalLog::default();
-        let now = Instant::now();
-        for idx in 0..(ARRIVALS_KEPT as u64 * 2) {
-            log.record(idx * 100, now);
-        }
-        assert_eq!(log.frames.len(), ARRIVALS_KEPT);
-        assert_eq!(log.arrival_of(0), Some(now));
     }
 }

@@ -15,6 +15,54 @@ pub struct StreamParams {
     pub chunk_ms: Option<u32>,
 }
 
+impl StreamParams {
+    /// Parses a query string (`sample_rate=16000&...`). Unknown keys are ignored; a known key
+    /// whose value does not parse is an error naming it (reported as `invalid_parameter`).
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        let mut params = Self::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "sample_rate" => params.sample_rate = Some(parse_number(&key, &value)?),
+                "encoding" => params.encoding = Some(value.into_owned()),
+                "language" => params.language = Some(value.into_owned()),
+                "interim_results" => params.interim_results = Some(parse_bool(&key, &value)?),
+                "endpointing_ms" => params.endpointing_ms = Some(parse_number(&key, &value)?),
+                "chunk_ms" => params.chunk_ms = Some(parse_number(&key, &value)?),
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// At most this much of a client's value is echoed back in an error.
+const ECHOED_VALUE_CHARS: usize = 32;
+
+fn echoed(value: &str) -> String {
+    let mut shown: String = value.chars().take(ECHOED_VALUE_CHARS).collect();
+    if shown.len() < value.len() {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
+fn parse_number(key: &str, value: &str) -> Result<u32, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "{key} {} is not a whole number in the allowed range",
+            echoed(value)
+        )
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{key} {} must be true or false", echoed(other))),
+    }
+}
+
 /// The validated form of [`StreamParams`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
@@ -87,7 +135,8 @@ impl StreamSettings {
                 "pcm_f32le" => AudioEncoding::PcmF32le,
                 other => {
                     return Err(format!(
-                        "encoding {other:?} is not supported: use \"pcm_s16le\" or \"pcm_f32le\""
+                        "encoding {} is not supported: use \"pcm_s16le\" or \"pcm_f32le\"",
+                        echoed(other)
                     ));
                 }
             };
@@ -95,7 +144,8 @@ impl StreamSettings {
         if let Some(language) = &params.language {
             if language != "en" {
                 return Err(format!(
-                    "language {language:?} is not supported: the model is English-only (\"en\")"
+                    "language {} is not supported: the model is English-only (\"en\")",
+                    echoed(language)
                 ));
             }
             settings.language = language.clone();
@@ -285,6 +335,45 @@ mod tests {
             ..Default::default()
         };
         assert!(defaults.apply(&bad_chunk).is_err());
+    }
+
+    #[test]
+    fn query_values_that_do_not_parse_are_named() {
+        let err = StreamParams::from_query("sample_rate=99999999999").unwrap_err();
+        assert!(
+            err.contains("sample_rate") && err.contains("99999999999"),
+            "{err}"
+        );
+        let err = StreamParams::from_query("interim_results=maybe").unwrap_err();
+        assert!(
+            err.contains("interim_results") && err.contains("maybe"),
+            "{err}"
+        );
+        let params = StreamParams::from_query(
+            "sample_rate=48000&encoding=pcm_f32le&interim_results=false&chunk_ms=200&utm=x",
+        )
+        .unwrap();
+        assert_eq!(params.sample_rate, Some(48_000));
+        assert_eq!(params.encoding.as_deref(), Some("pcm_f32le"));
+        assert_eq!(params.interim_results, Some(false));
+        assert_eq!(params.chunk_ms, Some(200));
+        assert_eq!(
+            StreamParams::from_query("").unwrap(),
+            StreamParams::default()
+        );
+    }
+
+    #[test]
+    fn echoed_values_are_bounded_and_escaped() {
+        let long = "x".repeat(10_000);
+        let err = StreamSettings::default()
+            .apply(&StreamParams {
+                encoding: Some(format!("{long}\n")),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.len() < 200, "{err}");
+        assert!(!err.contains('\n'));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum SessionStatus {
     Active,
     Completed,
     Failed,
+    /// The gateway stopped before the session could end (forced shutdown or crash).
+    Interrupted,
 }
 
 impl SessionStatus {
@@ -35,6 +37,7 @@ impl SessionStatus {
             SessionStatus::Active => "active",
             SessionStatus::Completed => "completed",
             SessionStatus::Failed => "failed",
+            SessionStatus::Interrupted => "interrupted",
         }
     }
 
@@ -44,6 +47,7 @@ impl SessionStatus {
             "active" => Some(SessionStatus::Active),
             "completed" => Some(SessionStatus::Completed),
             "failed" => Some(SessionStatus::Failed),
+            "interrupted" => Some(SessionStatus::Interrupted),
             _ => None,
         }
     }

@@ -115,26 +115,36 @@ impl EngineProcess {
     }
 
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        terminate(&self.child);
     }
 
     /// Waits for the process to exit; returns its exit status and how long it took.
     pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the engine") {
-                return (status, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < limit,
-                "engine did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        wait_exit(&mut self.child, limit)
+    }
+}
+
+/// Sends SIGTERM to `child`.
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit; returns its exit status and how long it took.
+fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return (status, started.elapsed());
         }
+        assert!(
+            started.elapsed() < limit,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -214,6 +224,14 @@ impl GatewayProcess {
             assert!(Instant::now() < deadline, "gateway never became ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    pub fn terminate(&self) {
+        terminate(&self.child);
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        wait_exit(&mut self.child, limit)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
