@@ -181,7 +181,7 @@ impl GatewayState {
         let engines = Arc::new(EnginePool::new(&config.engines)?);
         let store_writer = store
             .clone()
-            .map(|store| StoreWriter::spawn(store, STORE_QUEUE_OPS));
+            .map(|store| StoreWriter::spawn_with_limits(store, STORE_QUEUE_OPS, STORE_QUEUE_BYTES));
         let metrics = GatewayMetrics::default();
         metrics.register(&mut registry);
         registry.register_collector(Box::new(EnginePoolCollector(engines.clone())));
@@ -221,6 +221,9 @@ const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Store writes waiting (or retried) during a store outage before sessions report losses.
 const STORE_QUEUE_OPS: usize = 100_000;
+
+/// The same queue's bound in bytes (a segment can hold some 300 words).
+const STORE_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Of the shutdown deadline, what is kept for flushing the store at the end.
 const STORE_FLUSH_RESERVE: Duration = Duration::from_secs(2);

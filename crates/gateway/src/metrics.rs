@@ -239,6 +239,12 @@ impl Collector for StoreCollector {
         )?;
         encode_gauge(
             &mut encoder,
+            "stt_store_pending_bytes",
+            "About how many bytes the pending store writes hold (bounded at 64 MiB)",
+            stats.pending_bytes as i64,
+        )?;
+        encode_gauge(
+            &mut encoder,
             "stt_store_up",
             "1 when the last store write succeeded, 0 from a failed attempt until the next success",
             i64::from(stats.healthy),

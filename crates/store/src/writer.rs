@@ -1,19 +1,22 @@
 //! The write path that never blocks audio: a bounded queue in front of a store, drained in order by one task
 //! that retries each failed write with exponential backoff until it lands.
 //!
-//! Overflow policy: when `capacity` operations are pending (the database has been down for a while),
-//! [`StoreWriter::submit`] rejects the new operation with [`StoreWriteError::QueueFull`] and the caller reports
+//! Overflow policy: when `capacity` operations, or `max_bytes` of them, are pending (the database has been
+//! down for a while), [`StoreWriter::submit`] rejects the new operation with [`StoreWriteError::QueueFull`] and the caller reports
 //! it. Nothing already accepted is ever dropped for being old or slow.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::{SegmentRecord, SessionEnd, SessionRecord, StoreError, TranscriptStore};
+
+/// The default bound on the bytes of pending operations (see [`StoreOp::size_bytes`]).
+pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The first retry waits this long; each further one waits twice as long, up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,6 +55,29 @@ impl StoreOp {
         }
     }
 
+    /// About how much memory the operation holds while queued: its strings plus a fixed cost per
+    /// record and per word.
+    pub fn size_bytes(&self) -> usize {
+        const RECORD: usize = 128;
+        const WORD: usize = 48;
+        match self {
+            StoreOp::CreateSession(session) => {
+                RECORD + session.id.len() + session.client_addr.len()
+            }
+            StoreOp::AppendSegment(segment) => {
+                RECORD
+                    + segment.session_id.len()
+                    + segment.text.len()
+                    + segment
+                        .words
+                        .iter()
+                        .map(|word| WORD + word.word.len())
+                        .sum::<usize>()
+            }
+            StoreOp::FinishSession { id, end } => RECORD + id.len() + end.close_reason.len(),
+        }
+    }
+
     async fn apply(&self, store: &dyn TranscriptStore) -> Result<(), StoreError> {
         match self {
             StoreOp::CreateSession(session) => store.create_session(session).await,
@@ -85,12 +111,16 @@ pub struct StoreWriterStats {
     pub discarded: u64,
     /// Operations queued or being retried.
     pub pending: usize,
+    /// Their size, as [`StoreOp::size_bytes`] counts it.
+    pub pending_bytes: usize,
     /// Whether the last attempt reached the store: false from a failed attempt until the next success.
     pub healthy: bool,
 }
 
 struct WriterState {
     capacity: usize,
+    max_bytes: usize,
+    pending_bytes: AtomicUsize,
     // A watch channel rather than an atomic so `flush` can wait for zero without polling, and so `submit`
     // can check and reserve a slot in one step.
     pending: watch::Sender<usize>,
@@ -102,7 +132,8 @@ struct WriterState {
 }
 
 impl WriterState {
-    fn release_one(&self) {
+    fn release_one(&self, size_bytes: usize) {
+        self.pending_bytes.fetch_sub(size_bytes, Ordering::Relaxed);
         self.pending
             .send_modify(|pending| *pending = pending.saturating_sub(1));
     }
@@ -131,9 +162,21 @@ impl StoreWriter {
     ///
     /// The task ends once every clone of the writer is dropped and the queue has drained.
     pub fn spawn(store: Arc<dyn TranscriptStore>, capacity: usize) -> Self {
+        Self::spawn_with_limits(store, capacity, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// [`StoreWriter::spawn`] with a bound on the bytes of pending operations too: one operation larger than
+    /// `max_bytes` is still accepted into an empty queue.
+    pub fn spawn_with_limits(
+        store: Arc<dyn TranscriptStore>,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Self {
         let capacity = capacity.max(1);
         let state = Arc::new(WriterState {
             capacity,
+            max_bytes,
+            pending_bytes: AtomicUsize::new(0),
             pending: watch::Sender::new(0),
             applied: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -149,8 +192,20 @@ impl StoreWriter {
     }
 
     /// Queues `op` without waiting. Fails with [`StoreWriteError::QueueFull`] when `capacity` operations
-    /// are pending; the caller must report that, as the operation is not stored.
+    /// or `max_bytes` are pending; the caller must report that, as the operation is not stored.
     pub fn submit(&self, op: StoreOp) -> Result<(), StoreWriteError> {
+        let size_bytes = op.size_bytes();
+        let before = self
+            .state
+            .pending_bytes
+            .fetch_add(size_bytes, Ordering::Relaxed);
+        if before > 0 && before + size_bytes > self.state.max_bytes {
+            self.state
+                .pending_bytes
+                .fetch_sub(size_bytes, Ordering::Relaxed);
+            self.state.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreWriteError::QueueFull);
+        }
         let capacity = self.state.capacity;
         let reserved = self.state.pending.send_if_modified(|pending| {
             if *pending < capacity {
@@ -161,18 +216,21 @@ impl StoreWriter {
             }
         });
         if !reserved {
+            self.state
+                .pending_bytes
+                .fetch_sub(size_bytes, Ordering::Relaxed);
             self.state.rejected_full.fetch_add(1, Ordering::Relaxed);
             return Err(StoreWriteError::QueueFull);
         }
         match self.queue.try_send(op) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.state.release_one();
+                self.state.release_one(size_bytes);
                 self.state.rejected_full.fetch_add(1, Ordering::Relaxed);
                 Err(StoreWriteError::QueueFull)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.state.release_one();
+                self.state.release_one(size_bytes);
                 Err(StoreWriteError::Stopped)
             }
         }
@@ -190,6 +248,7 @@ impl StoreWriter {
             rejected_full: self.state.rejected_full.load(Ordering::Relaxed),
             discarded: self.state.discarded.load(Ordering::Relaxed),
             pending: self.pending(),
+            pending_bytes: self.state.pending_bytes.load(Ordering::Relaxed),
             healthy: self.state.healthy.load(Ordering::Relaxed),
         }
     }
@@ -211,7 +270,7 @@ async fn run_writer(
 ) {
     while let Some(op) = receiver.recv().await {
         apply_until_done(store.as_ref(), &op, &state).await;
-        state.release_one();
+        state.release_one(op.size_bytes());
     }
 }
 
@@ -492,6 +551,37 @@ mod tests {
         assert!(stats.healthy);
         // Three failures of the first op wait 100 + 200 + 400 ms before it lands.
         assert_eq!(started.elapsed(), Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_operations() {
+        let store = FlakyStore::failing(0);
+        store.down.store(true, Ordering::SeqCst);
+        let big = |index| {
+            let StoreOp::AppendSegment(mut segment) = append("s1", index) else {
+                unreachable!()
+            };
+            segment.text = "word ".repeat(2000);
+            StoreOp::AppendSegment(segment)
+        };
+        let op_bytes = big(0).size_bytes();
+        assert!(op_bytes > 10_000);
+        let writer = StoreWriter::spawn_with_limits(store.clone(), 1000, 3 * op_bytes);
+        for index in 0..3 {
+            writer.submit(big(index)).unwrap();
+        }
+        assert_eq!(writer.stats().pending_bytes, 3 * op_bytes);
+        assert_eq!(writer.submit(big(3)), Err(StoreWriteError::QueueFull));
+        assert_eq!(writer.stats().rejected_full, 1);
+        assert_eq!(
+            writer.stats().pending_bytes,
+            3 * op_bytes,
+            "a refusal holds nothing"
+        );
+        store.down.store(false, Ordering::SeqCst);
+        assert_eq!(writer.flush(Duration::from_secs(60)).await, 0);
+        assert_eq!(writer.stats().pending_bytes, 0);
+        writer.submit(big(3)).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
