@@ -43,6 +43,13 @@ const ERROR_WORDS = {
   invalid_audio: 'The server could not read the audio.',
   invalid_parameter: 'The server refused the audio settings.',
   audio_dropped: 'The connection was down for too long; some audio could not be kept.',
+  message_too_big: 'A message was too large for the server.',
+  too_fast: 'Audio arrived much faster than real time, so the session was stopped. The transcript so far is saved.',
+  slow_consumer: 'This page stopped reading the results, so the session was stopped. The transcript so far is saved.',
+  idle_timeout: 'Nothing was heard for a while, so the session ended.',
+  first_message_timeout: 'No audio arrived after connecting, so the session ended.',
+  ping_timeout: 'The connection stopped answering, so the session ended.',
+  internal: 'The server hit an internal error; the session was closed.',
 };
 
 const CLOSE_WORDS = {
@@ -51,6 +58,9 @@ const CLOSE_WORDS = {
   buffer_limit: ERROR_WORDS.buffer_limit,
   engine_failure: ERROR_WORDS.engine_failure,
   overloaded: ERROR_WORDS.overloaded,
+  idle_timeout: ERROR_WORDS.idle_timeout,
+  too_fast: ERROR_WORDS.too_fast,
+  server_shutdown: 'The server restarted. Everything heard before that is transcribed and saved.',
 };
 
 /** What is running: the client and the audio graph feeding it. */

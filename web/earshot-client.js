@@ -362,6 +362,8 @@ export function describeCloseCode(code) {
       return 'the connection was lost';
     case 1008:
       return 'the server refused the audio (limit reached)';
+    case 1009:
+      return 'a message was too large for the server';
     case 1011:
       return 'the speech engine failed';
     case 1012:
