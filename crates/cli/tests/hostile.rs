@@ -111,6 +111,7 @@ async fn a_flood_of_reset_upgrades_leaks_no_slot() {
 #[tokio::test]
 async fn slow_readers_that_reset_or_never_read_are_closed_and_freed() {
     let serve = GatewayProcess::serve(&["--write-timeout-secs", "2"]).await;
+    let rss_before = rss_kib(&serve);
     for reset in [true, false] {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(1024).unwrap();
@@ -149,6 +150,12 @@ async fn slow_readers_that_reset_or_never_read_are_closed_and_freed() {
         }
     }
     wait_for_metric(&serve, "stt_websocket_connections_active", 0.0).await;
+    let rss_after = rss_kib(&serve);
+    eprintln!("slow readers: gateway RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "{rss_before} -> {rss_after} KiB"
+    );
     assert!(
         gauge(
             &serve,
