@@ -9,7 +9,9 @@ use common::ws::{
     Socket, connect as connect_url, final_text, of_type, read_session_id, read_to_close,
     send_audio, send_text, speech, stored_text, stream_and_close,
 };
-use common::{GatewayProcess, MAX_WER, fixture, http_get, metric_value, read_samples};
+use common::{
+    GatewayProcess, MAX_WER, fixture, http_get, http_get_upgrade, metric_value, read_samples,
+};
 use earshot_audio::pcm;
 use earshot_loadgen::wer::word_errors;
 use futures::{SinkExt, StreamExt};
@@ -181,28 +183,6 @@ async fn overload_is_refused_before_the_upgrade_with_503() {
         "{response}"
     );
     assert_eq!(http_get(&serve.addr, "/healthz").await.0, 200);
-}
-
-/// A WebSocket upgrade request by hand, to see the HTTP answer.
-async fn http_get_upgrade(addr: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /v1/stt HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buffer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test]

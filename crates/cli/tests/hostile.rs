@@ -71,6 +71,36 @@ async fn a_normal_client_is_served(serve: &GatewayProcess) {
     );
 }
 
+/// A WebSocket client whose receive buffer holds 1 KiB: the gateway's writes to it block as soon
+/// as it stops reading.
+async fn tiny_buffer_client(serve: &GatewayProcess) -> Socket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let stream = socket.connect(serve.addr.parse().unwrap()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        serve.ws_url(""),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// Asks for about 12 MB of pongs without reading any, until the connection stops taking more.
+async fn flood_unread_pongs(ws: &mut Socket) {
+    let ping = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(60_000));
+    for _ in 0..200 {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            ws.send(Message::Text(ping.clone().into())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
+        }
+    }
+}
+
 const UPGRADE: &str = "GET /v1/stt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 /// The audit's reset flood: upgrade requests reset by the client, some before the answer and
@@ -113,29 +143,8 @@ async fn slow_readers_that_reset_or_never_read_are_closed_and_freed() {
     let serve = GatewayProcess::serve(&["--write-timeout-secs", "2"]).await;
     let rss_before = rss_kib(&serve);
     for reset in [true, false] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(1024).unwrap();
-        let stream = socket.connect(serve.addr.parse().unwrap()).await.unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(
-            serve.ws_url(""),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        )
-        .await
-        .unwrap();
-        let big_id = "x".repeat(60_000);
-        let ping = format!(r#"{{"type":"ping","id":"{big_id}"}}"#);
-        // About 12 MB of pongs that nobody reads.
-        for _ in 0..200 {
-            if tokio::time::timeout(
-                Duration::from_secs(5),
-                ws.send(Message::Text(ping.clone().into())),
-            )
-            .await
-            .map_or(true, |sent| sent.is_err())
-            {
-                break;
-            }
-        }
+        let mut ws = tiny_buffer_client(&serve).await;
+        flood_unread_pongs(&mut ws).await;
         if reset {
             let stream = ws.into_inner();
             let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = stream else {
@@ -314,23 +323,6 @@ async fn one_address_cannot_hold_more_than_its_share() {
     );
 }
 
-async fn http_get_upgrade(addr: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(UPGRADE.as_bytes()).await.unwrap();
-    let mut buffer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 #[tokio::test]
 async fn audio_far_faster_than_real_time_is_refused_with_too_fast() {
     let serve = GatewayProcess::serve(&[]).await;
@@ -346,20 +338,7 @@ async fn audio_far_faster_than_real_time_is_refused_with_too_fast() {
             }
         }
     });
-    let mut messages = Vec::new();
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(60), reader.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Text(text))) => {
-                messages.push(serde_json::from_str::<Value>(&text).unwrap())
-            }
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
-            Some(Ok(_)) => {}
-            _ => break None,
-        }
-    };
+    let (messages, code) = read_stream_to_close(&mut reader).await;
     let _ = flood.await;
     assert_eq!(
         of_type(&messages, "error")[0]["code"],
@@ -399,20 +378,7 @@ async fn sigterm_drains_live_sessions_and_exits_within_the_deadline() {
                     }
                 }
             });
-            let mut messages = Vec::new();
-            let code = loop {
-                match tokio::time::timeout(Duration::from_secs(60), reader.next())
-                    .await
-                    .unwrap()
-                {
-                    Some(Ok(Message::Text(text))) => {
-                        messages.push(serde_json::from_str::<Value>(&text).unwrap())
-                    }
-                    Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
-                    Some(Ok(_)) => {}
-                    _ => break None,
-                }
-            };
+            let (messages, code) = read_stream_to_close(&mut reader).await;
             sender.abort();
             (id, messages, code)
         }));
@@ -460,29 +426,10 @@ async fn a_second_sigterm_exits_at_once_with_sessions_stored_as_interrupted() {
     let db = dir.path().join("transcripts.sqlite3");
     let store = format!("sqlite://{}", db.display());
     let mut serve = GatewayProcess::serve(&["--store", &store, "--write-timeout-secs", "60"]).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(1024).unwrap();
-    let stream = socket.connect(serve.addr.parse().unwrap()).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(
-        serve.ws_url(""),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
+    let mut ws = tiny_buffer_client(&serve).await;
     let (samples, _) = read_samples(&fixture("jfk.wav"));
     send_audio(&mut ws, &samples[..16_000], false).await;
-    // Pongs nobody reads, until the gateway's writes to this client block.
-    let ping = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(60_000));
-    for _ in 0..200 {
-        let sent = tokio::time::timeout(
-            Duration::from_secs(2),
-            ws.send(Message::Text(ping.clone().into())),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            break;
-        }
-    }
+    flood_unread_pongs(&mut ws).await;
     serve.terminate();
     tokio::time::sleep(Duration::from_millis(500)).await;
     serve.terminate();

@@ -314,3 +314,25 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// A WebSocket upgrade request by hand, to see the HTTP answer: (status, headers and body).
+pub async fn http_get_upgrade(addr: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/stt HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

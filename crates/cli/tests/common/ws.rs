@@ -50,6 +50,14 @@ pub async fn send_text(socket: &mut Socket, text: &str) {
 
 /// Reads messages until the close frame; returns the JSON messages and the close code.
 pub async fn read_to_close(socket: &mut Socket) -> (Vec<Value>, Option<CloseCode>) {
+    read_stream_to_close(socket).await
+}
+
+/// [`read_to_close`] on any stream of messages (such as a socket's read half).
+pub async fn read_stream_to_close<S>(socket: &mut S) -> (Vec<Value>, Option<CloseCode>)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     let mut messages = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_secs(120), socket.next())
