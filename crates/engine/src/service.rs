@@ -272,11 +272,7 @@ impl StreamTask {
                 message = inbound.message(), if read_allowed => match message {
                     Ok(Some(request)) => {
                         idle.as_mut().reset(Instant::now() + idle_timeout);
-                        if request.audio_config.is_some() || request.recognition_config.is_some() {
-                            return Err(StreamError::InvalidArgument(
-                                "audio_config and recognition_config are only accepted in the first request".into(),
-                            ));
-                        }
+                        check_later_request(&request)?;
                         session
                             .push_audio(&request.audio_content)
                             .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
@@ -367,83 +363,14 @@ impl StreamTask {
     }
 
     fn open_session(&mut self, first: &StreamingRecognizeRequest) -> Result<Session, StreamError> {
-        self.session_id = if first.session_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            check_session_id(&first.session_id)?;
-            first.session_id.clone()
-        };
+        self.session_id = stream_session_id(first)?;
         tracing::Span::current().record("session_id", self.session_id.as_str());
-        let audio_config = first.audio_config.as_ref().ok_or_else(|| {
-            StreamError::InvalidArgument(
-                "the first request must carry audio_config (sample_rate, channels, encoding)"
-                    .into(),
-            )
-        })?;
-        let format = AudioFormat::from_declared(
-            audio_config.sample_rate,
-            audio_config.channels,
-            &audio_config.encoding,
-        )
-        .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
-        let settings = self.settings(first)?;
-        tracing::info!(
-            sample_rate = format.sample_rate,
-            encoding = format.encoding.as_str(),
-            "stream opened"
-        );
-        Session::new(
-            format,
-            settings,
+        open_session(
+            &self.state.config,
             self.state.mel_filters.clone(),
             self.state.n_mels,
+            first,
         )
-        .map_err(|err| StreamError::InvalidArgument(err.to_string()))
-    }
-
-    fn settings(&self, first: &StreamingRecognizeRequest) -> Result<SessionSettings, StreamError> {
-        let defaults = &self.state.config;
-        let mut settings = SessionSettings {
-            chunk: defaults.chunk,
-            endpoint_silence: defaults.endpoint_silence,
-            max_utterance: defaults.max_utterance,
-            interim_results: true,
-            voice_activity_events: false,
-            engine_events: false,
-        };
-        let Some(config) = &first.recognition_config else {
-            return Ok(settings);
-        };
-        if config.chunk_ms != 0 {
-            let chunk = millis(config.chunk_ms);
-            if !CHUNK_RANGE.contains(&chunk) {
-                return Err(StreamError::InvalidArgument(format!(
-                    "chunk_ms {} is outside the allowed 100 to 1000",
-                    config.chunk_ms
-                )));
-            }
-            settings.chunk = chunk;
-        }
-        if config.endpoint_ms != 0 {
-            let endpoint = millis(config.endpoint_ms);
-            if !ENDPOINT_RANGE.contains(&endpoint) {
-                return Err(StreamError::InvalidArgument(format!(
-                    "endpoint_ms {} is outside the allowed 100 to 5000",
-                    config.endpoint_ms
-                )));
-            }
-            settings.endpoint_silence = endpoint;
-        }
-        if !matches!(config.language.as_str(), "" | "en") {
-            return Err(StreamError::InvalidArgument(format!(
-                "language {} is not supported: this engine's model is English-only (use \"en\")",
-                quoted(&config.language)
-            )));
-        }
-        settings.interim_results = config.interim_results.unwrap_or(true);
-        settings.voice_activity_events = config.voice_activity_events;
-        settings.engine_events = config.engine_events;
-        Ok(settings)
     }
 
     /// Submits the next due window, if any. Empty windows are answered without the model.
@@ -508,6 +435,102 @@ impl StreamTask {
             }
         }
     }
+}
+
+/// The `session_id` a stream's responses echo: the client's, once checked, or a new one.
+fn stream_session_id(first: &StreamingRecognizeRequest) -> Result<String, StreamError> {
+    if first.session_id.is_empty() {
+        Ok(uuid::Uuid::new_v4().to_string())
+    } else {
+        check_session_id(&first.session_id)?;
+        Ok(first.session_id.clone())
+    }
+}
+
+/// Checks the audio and recognition settings of a stream's first request and opens its session.
+fn open_session(
+    defaults: &EngineConfig,
+    mel_filters: Arc<[f32]>,
+    n_mels: usize,
+    first: &StreamingRecognizeRequest,
+) -> Result<Session, StreamError> {
+    let audio_config = first.audio_config.as_ref().ok_or_else(|| {
+        StreamError::InvalidArgument(
+            "the first request must carry audio_config (sample_rate, channels, encoding)".into(),
+        )
+    })?;
+    let format = AudioFormat::from_declared(
+        audio_config.sample_rate,
+        audio_config.channels,
+        &audio_config.encoding,
+    )
+    .map_err(|err| StreamError::InvalidArgument(err.to_string()))?;
+    let settings = session_settings(defaults, first)?;
+    tracing::info!(
+        sample_rate = format.sample_rate,
+        encoding = format.encoding.as_str(),
+        "stream opened"
+    );
+    Session::new(format, settings, mel_filters, n_mels)
+        .map_err(|err| StreamError::InvalidArgument(err.to_string()))
+}
+
+/// Per-stream settings: the engine defaults with the first request's RecognitionConfig over them.
+fn session_settings(
+    defaults: &EngineConfig,
+    first: &StreamingRecognizeRequest,
+) -> Result<SessionSettings, StreamError> {
+    let mut settings = SessionSettings {
+        chunk: defaults.chunk,
+        endpoint_silence: defaults.endpoint_silence,
+        max_utterance: defaults.max_utterance,
+        interim_results: true,
+        voice_activity_events: false,
+        engine_events: false,
+    };
+    let Some(config) = &first.recognition_config else {
+        return Ok(settings);
+    };
+    if config.chunk_ms != 0 {
+        let chunk = millis(config.chunk_ms);
+        if !CHUNK_RANGE.contains(&chunk) {
+            return Err(StreamError::InvalidArgument(format!(
+                "chunk_ms {} is outside the allowed 100 to 1000",
+                config.chunk_ms
+            )));
+        }
+        settings.chunk = chunk;
+    }
+    if config.endpoint_ms != 0 {
+        let endpoint = millis(config.endpoint_ms);
+        if !ENDPOINT_RANGE.contains(&endpoint) {
+            return Err(StreamError::InvalidArgument(format!(
+                "endpoint_ms {} is outside the allowed 100 to 5000",
+                config.endpoint_ms
+            )));
+        }
+        settings.endpoint_silence = endpoint;
+    }
+    if !matches!(config.language.as_str(), "" | "en") {
+        return Err(StreamError::InvalidArgument(format!(
+            "language {} is not supported: this engine's model is English-only (use \"en\")",
+            quoted(&config.language)
+        )));
+    }
+    settings.interim_results = config.interim_results.unwrap_or(true);
+    settings.voice_activity_events = config.voice_activity_events;
+    settings.engine_events = config.engine_events;
+    Ok(settings)
+}
+
+/// Only the first request may configure the stream.
+fn check_later_request(request: &StreamingRecognizeRequest) -> Result<(), StreamError> {
+    if request.audio_config.is_some() || request.recognition_config.is_some() {
+        return Err(StreamError::InvalidArgument(
+            "audio_config and recognition_config are only accepted in the first request".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A `session_id` is echoed in every response and recorded in logs: keep it short and plain.
@@ -600,5 +623,29 @@ fn to_response(
                 .collect(),
             ..base
         },
+    }
+}
+
+/// The checks a stream's requests go through, without the gRPC plumbing, for the fuzz targets in
+/// `fuzz/`. Errors come back as the statuses the stream would end with.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The first request: its `session_id` (a fresh one when empty) and the opened session.
+    pub fn open_stream(
+        defaults: &EngineConfig,
+        mel_filters: Arc<[f32]>,
+        n_mels: usize,
+        first: &StreamingRecognizeRequest,
+    ) -> Result<(String, Session), Status> {
+        let session_id = stream_session_id(first)?;
+        let session = open_session(defaults, mel_filters, n_mels, first)?;
+        Ok((session_id, session))
+    }
+
+    /// Any request after the first.
+    pub fn check_later_request(request: &StreamingRecognizeRequest) -> Result<(), Status> {
+        Ok(super::check_later_request(request)?)
     }
 }

@@ -128,6 +128,40 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn TranscriptStore>, StoreErro
     })
 }
 
+/// The decoding of stored rows and documents, without a running database, for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{SegmentRecord, SessionRecord, SessionWithTranscript, StoreError};
+
+    pub use mongodb::bson;
+    pub use rusqlite;
+
+    /// Creates the SQLite schema on `connection`, as [`crate::SqliteStore::open`] does.
+    pub fn sqlite_prepare(
+        connection: rusqlite::Connection,
+    ) -> Result<rusqlite::Connection, StoreError> {
+        crate::sqlite::prepare(connection)
+    }
+
+    /// What [`crate::TranscriptStore::get_session`] returns for `id` from the rows in `connection`.
+    pub fn sqlite_read_session(
+        connection: &mut rusqlite::Connection,
+        id: &str,
+    ) -> Result<Option<SessionWithTranscript>, StoreError> {
+        crate::sqlite::read_session(connection, id)
+    }
+
+    /// A MongoDB session document, as the store decodes it from a reply.
+    pub fn mongo_session(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+        crate::mongo::session_from_bson(bytes)
+    }
+
+    /// A MongoDB segment document, as the store decodes it from a reply.
+    pub fn mongo_segment(bytes: &[u8]) -> Result<SegmentRecord, StoreError> {
+        crate::mongo::segment_from_bson(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

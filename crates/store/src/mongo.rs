@@ -80,6 +80,20 @@ impl From<SegmentDocument> for SegmentRecord {
     }
 }
 
+/// A session document as `get_session` and `list_sessions` decode it from the server's reply.
+pub(crate) fn session_from_bson(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+    let document: SessionDocument =
+        bson::deserialize_from_slice(bytes).map_err(mongodb::error::Error::from)?;
+    Ok(document.into())
+}
+
+/// A segment document as `get_session` decodes it from the server's reply.
+pub(crate) fn segment_from_bson(bytes: &[u8]) -> Result<SegmentRecord, StoreError> {
+    let document: SegmentDocument =
+        bson::deserialize_from_slice(bytes).map_err(mongodb::error::Error::from)?;
+    Ok(document.into())
+}
+
 /// A [`TranscriptStore`] in a MongoDB database.
 pub struct MongoStore {
     database: Database,

@@ -117,7 +117,7 @@ where
 }
 
 /// Sets connection options and creates or checks the schema.
-fn prepare(connection: Connection) -> Result<Connection, StoreError> {
+pub(crate) fn prepare(connection: Connection) -> Result<Connection, StoreError> {
     // Another process (a CLI reading transcripts) may hold the write lock for a moment.
     connection.busy_timeout(Duration::from_secs(5))?;
     let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -155,6 +155,62 @@ fn with_parsed_status(
         detail: format!("session {:?} has status {status_name:?}", session.id),
     })?;
     Ok(session)
+}
+
+/// A session with its segments, decoded from the rows as stored: a status or words that do not parse are
+/// [`StoreError::Corrupt`], a column of the wrong type is a [`StoreError::Sqlite`].
+pub(crate) fn read_session(
+    connection: &mut Connection,
+    id: &str,
+) -> Result<Option<SessionWithTranscript>, StoreError> {
+    // One read transaction, so a segment appended meanwhile cannot make the two reads disagree.
+    let transaction = connection.transaction()?;
+    let Some(row) = transaction
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+        ))?
+        .query_row(params![id], session_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let session = with_parsed_status(row)?;
+    let rows = transaction
+        .prepare_cached(
+            "SELECT segment_index, text, start_ms, end_ms, confidence, words_json
+             FROM segments WHERE session_id = ?1 ORDER BY segment_index",
+        )?
+        .query_map(params![id], |row| {
+            Ok((
+                row.get::<_, i32>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, f64>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut segments = Vec::with_capacity(rows.len());
+    for (index, text, start_ms, end_ms, confidence, words_json) in rows {
+        let words: Vec<WordRecord> =
+            serde_json::from_str(&words_json).map_err(|error| StoreError::Corrupt {
+                what: "segment words",
+                detail: format!("segment {index} of session {id:?}: {error}"),
+            })?;
+        segments.push(SegmentRecord {
+            session_id: id.to_owned(),
+            index,
+            text,
+            start_ms,
+            end_ms,
+            // Stored from an f32, so narrowing back is exact.
+            confidence: confidence as f32,
+            words,
+        });
+    }
+    transaction.commit()?;
+    Ok(Some(SessionWithTranscript { session, segments }))
 }
 
 #[async_trait::async_trait]
@@ -267,57 +323,8 @@ impl TranscriptStore for SqliteStore {
 
     async fn get_session(&self, id: &str) -> Result<Option<SessionWithTranscript>, StoreError> {
         let id = id.to_owned();
-        self.with_connection(move |connection| {
-            // One read transaction, so a segment appended meanwhile cannot make the two reads disagree.
-            let transaction = connection.transaction()?;
-            let Some(row) = transaction
-                .prepare_cached(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
-                ))?
-                .query_row(params![id], session_from_row)
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let session = with_parsed_status(row)?;
-            let rows = transaction
-                .prepare_cached(
-                    "SELECT segment_index, text, start_ms, end_ms, confidence, words_json
-                     FROM segments WHERE session_id = ?1 ORDER BY segment_index",
-                )?
-                .query_map(params![id], |row| {
-                    Ok((
-                        row.get::<_, i32>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, f64>(4)?,
-                        row.get::<_, String>(5)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut segments = Vec::with_capacity(rows.len());
-            for (index, text, start_ms, end_ms, confidence, words_json) in rows {
-                let words: Vec<WordRecord> =
-                    serde_json::from_str(&words_json).map_err(|error| StoreError::Corrupt {
-                        what: "segment words",
-                        detail: format!("segment {index} of session {id:?}: {error}"),
-                    })?;
-                segments.push(SegmentRecord {
-                    session_id: id.clone(),
-                    index,
-                    text,
-                    start_ms,
-                    end_ms,
-                    // Stored from an f32, so narrowing back is exact.
-                    confidence: confidence as f32,
-                    words,
-                });
-            }
-            transaction.commit()?;
-            Ok(Some(SessionWithTranscript { session, segments }))
-        })
-        .await
+        self.with_connection(move |connection| read_session(connection, &id))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
