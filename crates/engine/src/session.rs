@@ -213,14 +213,31 @@ impl Session {
 
     /// Decodes and consumes one request's audio bytes.
     pub fn push_audio(&mut self, bytes: &[u8]) -> Result<(), AudioError> {
-        if self.ended || bytes.is_empty() {
-            return Ok(());
-        }
-        let samples = pcm::decode_samples(bytes, self.format.encoding)?;
-        self.input_samples += samples.len() as u64;
-        let resampled = self.resampler.process(&samples);
-        self.consume_16k(&resampled);
+        let samples = self.decode(bytes)?;
+        self.push_samples(&samples);
         Ok(())
+    }
+
+    /// One request's audio bytes as samples at the client's rate, for [`Session::push_samples`].
+    pub fn decode(&self, bytes: &[u8]) -> Result<Vec<f32>, AudioError> {
+        pcm::decode_samples(bytes, self.format.encoding)
+    }
+
+    /// Samples at the client's rate per second: a caller pushing a large request in pieces sizes
+    /// them with this.
+    pub fn input_rate(&self) -> u32 {
+        self.format.sample_rate
+    }
+
+    /// Consumes decoded samples: resampling, endpointing and the max-utterance cut, in
+    /// [`STEP`]s. Pushing a request's samples in several pieces gives the same result as at once.
+    pub fn push_samples(&mut self, samples: &[f32]) {
+        if self.ended || samples.is_empty() {
+            return;
+        }
+        self.input_samples += samples.len() as u64;
+        let resampled = self.resampler.process(samples);
+        self.consume_16k(&resampled);
     }
 
     fn consume_16k(&mut self, samples: &[f32]) {
