@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::EngineProcess;
 use earshot_proto::speech_to_text_client::SpeechToTextClient;
-use earshot_proto::{AudioConfig, StreamingRecognizeRequest, StreamingRecognizeResponse};
+use earshot_proto::{StreamingRecognizeRequest, StreamingRecognizeResponse};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,15 +20,7 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn first_request(session_id: &str) -> StreamingRecognizeRequest {
-    StreamingRecognizeRequest {
-        session_id: session_id.into(),
-        audio_config: Some(AudioConfig {
-            sample_rate: 16_000,
-            channels: 1,
-            encoding: "PCM_INT16".into(),
-        }),
-        ..Default::default()
-    }
+    earshot_engine::client::first_request(session_id, 16_000)
 }
 
 fn finalize() -> StreamingRecognizeRequest {

@@ -386,8 +386,14 @@ async fn sigterm_drains_live_sessions_and_exits_within_the_deadline() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     serve.terminate();
     let signalled = Instant::now();
-    // Draining: no new sessions, and not ready.
-    let (ready, _) = http_get(&serve.addr, "/readyz").await;
+    // Draining: no new sessions, and not ready (once the signal has been handled).
+    let mut ready = 200;
+    while ready == 200 && signalled.elapsed() < Duration::from_secs(3) {
+        ready = http_get(&serve.addr, "/readyz").await.0;
+        if ready == 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     assert!(ready == 503 || ready == 0, "{ready}");
     for client in clients {
         let (id, messages, code) = client.await.unwrap();

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use earshot_audio::pcm;
+use earshot_audio::{Encoding, pcm};
 use earshot_proto::speech_to_text_client::SpeechToTextClient;
 use earshot_proto::{
     AudioConfig, RecognitionConfig, StreamingRecognizeRequest, StreamingRecognizeResponse,
@@ -76,6 +76,20 @@ impl StreamReport {
     }
 }
 
+/// The first request of a stream of 16-bit mono PCM at `sample_rate` (no audio, the engine's
+/// recognition defaults); an empty `session_id` lets the engine choose one.
+pub fn first_request(session_id: &str, sample_rate: u32) -> StreamingRecognizeRequest {
+    StreamingRecognizeRequest {
+        session_id: session_id.into(),
+        audio_config: Some(AudioConfig {
+            sample_rate: sample_rate as i32,
+            channels: 1,
+            encoding: Encoding::PcmInt16.as_str().into(),
+        }),
+        ..Default::default()
+    }
+}
+
 pub async fn connect(url: &str) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5))
@@ -105,14 +119,8 @@ pub async fn stream_audio(
     let (sender, receiver) = mpsc::channel(4);
 
     let first = StreamingRecognizeRequest {
-        session_id: options.session_id.clone(),
-        audio_config: Some(AudioConfig {
-            sample_rate: sample_rate as i32,
-            channels: 1,
-            encoding: "PCM_INT16".into(),
-        }),
         recognition_config: options.recognition_config.clone(),
-        ..Default::default()
+        ..first_request(&options.session_id, sample_rate)
     };
     let pace = options.pace;
     let sender_log = chunks_sent.clone();

@@ -10,9 +10,7 @@ use std::time::Duration;
 use earshot_audio::pcm;
 use earshot_model::{ModelError, RecognitionRequest, Recognizer, Transcript};
 use earshot_proto::speech_to_text_client::SpeechToTextClient;
-use earshot_proto::{
-    AudioConfig, RecognitionConfig, StreamingRecognizeRequest, StreamingRecognizeResponse,
-};
+use earshot_proto::{RecognitionConfig, StreamingRecognizeRequest, StreamingRecognizeResponse};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::DuplexStream;
@@ -162,15 +160,7 @@ impl Recognizer for PanicsAfterWarmUp {
 }
 
 fn first_request(session_id: &str) -> StreamingRecognizeRequest {
-    StreamingRecognizeRequest {
-        session_id: session_id.into(),
-        audio_config: Some(AudioConfig {
-            sample_rate: 16_000,
-            channels: 1,
-            encoding: "PCM_INT16".into(),
-        }),
-        ..Default::default()
-    }
+    crate::client::first_request(session_id, 16_000)
 }
 
 fn finalize() -> StreamingRecognizeRequest {

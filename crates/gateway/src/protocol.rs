@@ -35,6 +35,11 @@ impl StreamParams {
     }
 }
 
+/// The `endpointing_ms` a client may ask for (the engine's `endpoint_ms` range).
+pub const ENDPOINTING_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=5_000;
+/// The `chunk_ms` a client may ask for (the engine's `chunk_ms` range).
+pub const CHUNK_MS_RANGE: std::ops::RangeInclusive<u32> = 100..=1_000;
+
 /// At most this much of a client's value is echoed back in an error.
 const ECHOED_VALUE_CHARS: usize = 32;
 
@@ -154,17 +159,21 @@ impl StreamSettings {
             settings.interim_results = interim;
         }
         if let Some(endpointing) = params.endpointing_ms {
-            if !(100..=5_000).contains(&endpointing) {
+            if !ENDPOINTING_MS_RANGE.contains(&endpointing) {
                 return Err(format!(
-                    "endpointing_ms {endpointing} is outside the allowed 100 to 5000"
+                    "endpointing_ms {endpointing} is outside the allowed {} to {}",
+                    ENDPOINTING_MS_RANGE.start(),
+                    ENDPOINTING_MS_RANGE.end()
                 ));
             }
             settings.endpointing_ms = Some(endpointing);
         }
         if let Some(chunk) = params.chunk_ms {
-            if !(100..=1_000).contains(&chunk) {
+            if !CHUNK_MS_RANGE.contains(&chunk) {
                 return Err(format!(
-                    "chunk_ms {chunk} is outside the allowed 100 to 1000"
+                    "chunk_ms {chunk} is outside the allowed {} to {}",
+                    CHUNK_MS_RANGE.start(),
+                    CHUNK_MS_RANGE.end()
                 ));
             }
             settings.chunk_ms = Some(chunk);
