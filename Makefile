@@ -6,7 +6,7 @@ MODEL_DIR ?= $(or $(EARSHOT_MODEL_DIR),$(HOME)/.cache/earshot/models/whisper-tin
 export EARSHOT_MODEL_DIR := $(MODEL_DIR)
 CARGO ?= cargo
 
-.PHONY: run test model lint bench test-deps
+.PHONY: run test model lint bench test-deps fuzz
 
 model:
 	@test -f "$(MODEL_DIR)/model.safetensors" || \
@@ -28,3 +28,20 @@ test: model test-deps lint
 
 bench: model
 	$(CARGO) run --release -p earshot-cli --example engine_bench -- --streams 1,2,4,8
+
+# Each fuzz target for FUZZ_SECS seconds (libFuzzer, nightly, cargo install cargo-fuzz); not part of
+# `make test`. No sanitizer: what the targets reach is safe Rust (the model's unsafe code is not
+# among it), where AddressSanitizer would halve the speed for nothing; debug assertions and
+# overflow checks are on. New inputs go to fuzz/corpus/TARGET (ignored by git), crashes to
+# fuzz/artifacts/TARGET; fuzz/seeds and fuzz/dicts hold starting inputs and keywords.
+FUZZ_SECS ?= 300
+FUZZ_TARGETS ?= control_message query_params pcm_decode engine_requests store_records
+FUZZ_FLAGS ?= --sanitizer none --debug-assertions
+
+fuzz:
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		$(CARGO) +nightly fuzz run $(FUZZ_FLAGS) $$target corpus/$$target $$(test -d seeds/$$target && echo seeds/$$target) -- \
+			-max_total_time=$(FUZZ_SECS) $$(test -f dicts/$$target.dict && echo -dict=dicts/$$target.dict) \
+			|| exit 1; \
+	done
