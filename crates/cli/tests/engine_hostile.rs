@@ -7,13 +7,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::EngineProcess;
+use earshot_engine::client::read_to_end;
 use earshot_proto::speech_to_text_client::SpeechToTextClient;
 use earshot_proto::{StreamingRecognizeRequest, StreamingRecognizeResponse};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 /// The engine's defaults for its first-request and write timeouts.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,19 +28,6 @@ fn finalize() -> StreamingRecognizeRequest {
     StreamingRecognizeRequest {
         finalize: true,
         ..Default::default()
-    }
-}
-
-async fn read_to_end(
-    mut inbound: Streaming<StreamingRecognizeResponse>,
-) -> (Vec<StreamingRecognizeResponse>, Status) {
-    let mut responses = Vec::new();
-    loop {
-        match inbound.message().await {
-            Ok(Some(response)) => responses.push(response),
-            Ok(None) => return (responses, Status::ok("")),
-            Err(status) => return (responses, status),
-        }
     }
 }
 

@@ -11,8 +11,8 @@ use earshot_proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
 
 /// How to send a recording.
 #[derive(Debug, Clone)]
@@ -87,6 +87,20 @@ pub fn first_request(session_id: &str, sample_rate: u32) -> StreamingRecognizeRe
             encoding: Encoding::PcmInt16.as_str().into(),
         }),
         ..Default::default()
+    }
+}
+
+/// Every response of a stream until it ends, and how it ended (`Status::ok` for a clean end).
+pub async fn read_to_end(
+    mut inbound: Streaming<StreamingRecognizeResponse>,
+) -> (Vec<StreamingRecognizeResponse>, Status) {
+    let mut responses = Vec::new();
+    loop {
+        match inbound.message().await {
+            Ok(Some(response)) => responses.push(response),
+            Ok(None) => return (responses, Status::ok("")),
+            Err(status) => return (responses, status),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::client::read_to_end;
 use crate::{EngineConfig, EngineError, EngineMetrics, RunningEngine, SERVICE_NAME};
 
 type Connections = mpsc::Sender<Result<DuplexStream, io::Error>>;
@@ -188,19 +189,6 @@ async fn exchange(
     {
         Ok(response) => read_to_end(response.into_inner()).await,
         Err(status) => (Vec::new(), status),
-    }
-}
-
-async fn read_to_end(
-    mut inbound: Streaming<StreamingRecognizeResponse>,
-) -> (Vec<StreamingRecognizeResponse>, Status) {
-    let mut responses = Vec::new();
-    loop {
-        match inbound.message().await {
-            Ok(Some(response)) => responses.push(response),
-            Ok(None) => return (responses, Status::ok("")),
-            Err(status) => return (responses, status),
-        }
     }
 }
 
