@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 pub use mongo::MongoStore;
 pub use record::{
-    SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript, WordRecord,
+    ApiKeyRecord, SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript,
+    WordRecord,
 };
 pub use sqlite::SqliteStore;
 pub use writer::{StoreOp, StoreWriteError, StoreWriter, StoreWriterStats};
@@ -43,6 +44,8 @@ pub enum StoreError {
     Mongo(#[from] mongodb::error::Error),
     #[error("session {id:?} does not exist")]
     SessionNotFound { id: String },
+    #[error("an api key named {name:?} exists already")]
+    KeyExists { name: String },
     #[error("stored {what} is unreadable: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("the sqlite worker stopped before answering")]
@@ -59,6 +62,7 @@ impl StoreError {
             | StoreError::CreateDirectory { .. }
             | StoreError::SchemaTooNew { .. }
             | StoreError::SessionNotFound { .. }
+            | StoreError::KeyExists { .. }
             | StoreError::Corrupt { .. } => false,
         }
     }
@@ -96,6 +100,22 @@ pub trait TranscriptStore: Send + Sync {
 
     /// Checks the database answers, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new API key; a name already taken is [`StoreError::KeyExists`] and changes nothing.
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Every key, ordered by name.
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// The key whose hash is `key_hash`, or `None`.
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Records a use of key `name` at `at_ms`; an earlier time than the stored one, or an unknown name,
+    /// changes nothing.
+    async fn touch_key(&self, name: &str, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Deletes key `name`; `false` when there was none.
+    async fn revoke_key(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names:

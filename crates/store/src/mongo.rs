@@ -8,8 +8,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript, StoreError,
-    TranscriptStore, WordRecord,
+    ApiKeyRecord, SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript,
+    StoreError, TranscriptStore, WordRecord,
 };
 
 /// The database used when the URL names none.
@@ -22,6 +22,7 @@ const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SESSIONS: &str = "sessions";
 const SEGMENTS: &str = "segments";
+const API_KEYS: &str = "api_keys";
 
 /// A session as stored: the record with its id in `_id`, so the primary key makes `create_session`
 /// idempotent without a separate unique index.
@@ -80,6 +81,31 @@ impl From<SegmentDocument> for SegmentRecord {
     }
 }
 
+/// An API key as stored: `_id` is its name, so the primary key keeps names unique.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyDocument {
+    #[serde(rename = "_id")]
+    name: String,
+    key_hash: String,
+    scopes: Vec<String>,
+    max_sessions: Option<u32>,
+    created_at_ms: i64,
+    last_used_ms: Option<i64>,
+}
+
+impl From<KeyDocument> for ApiKeyRecord {
+    fn from(document: KeyDocument) -> Self {
+        ApiKeyRecord {
+            name: document.name,
+            key_hash: document.key_hash,
+            scopes: document.scopes,
+            max_sessions: document.max_sessions,
+            created_at_ms: document.created_at_ms,
+            last_used_ms: document.last_used_ms,
+        }
+    }
+}
+
 /// A session document as `get_session` and `list_sessions` decode it from the server's reply.
 pub(crate) fn session_from_bson(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
     let document: SessionDocument =
@@ -99,6 +125,7 @@ pub struct MongoStore {
     database: Database,
     sessions: Collection<SessionDocument>,
     segments: Collection<SegmentDocument>,
+    keys: Collection<KeyDocument>,
 }
 
 impl MongoStore {
@@ -117,6 +144,7 @@ impl MongoStore {
         let store = Self {
             sessions: database.collection(SESSIONS),
             segments: database.collection(SEGMENTS),
+            keys: database.collection(API_KEYS),
             database,
         };
         store.ensure_indexes().await?;
@@ -145,6 +173,9 @@ impl MongoStore {
                     .keys(doc! { "session_id": 1, "index": 1 })
                     .build(),
             )
+            .await?;
+        self.keys
+            .create_index(IndexModel::builder().keys(doc! { "key_hash": 1 }).build())
             .await?;
         Ok(())
     }
@@ -284,6 +315,65 @@ impl TranscriptStore for MongoStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.database.run_command(doc! { "ping": 1 }).await?;
         Ok(())
+    }
+
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let document = KeyDocument {
+            name: key.name.clone(),
+            key_hash: key.key_hash.clone(),
+            scopes: key.scopes.clone(),
+            max_sessions: key.max_sessions,
+            created_at_ms: key.created_at_ms,
+            last_used_ms: key.last_used_ms,
+        };
+        // An upsert that only sets fields on insert: it inserted exactly when the name was free.
+        let result = self
+            .keys
+            .update_one(
+                doc! { "_id": &key.name },
+                doc! { "$setOnInsert": insert_fields(&document)? },
+            )
+            .upsert(true)
+            .await?;
+        if result.upserted_id.is_none() {
+            return Err(StoreError::KeyExists {
+                name: key.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut cursor = self.keys.find(doc! {}).sort(doc! { "_id": 1 }).await?;
+        let mut keys = Vec::new();
+        while cursor.advance().await? {
+            keys.push(ApiKeyRecord::from(cursor.deserialize_current()?));
+        }
+        Ok(keys)
+    }
+
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self
+            .keys
+            .find_one(doc! { "key_hash": key_hash })
+            .await?
+            .map(ApiKeyRecord::from))
+    }
+
+    async fn touch_key(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        // `$max` sets the field when it is null (null sorts before numbers) or smaller.
+        self.keys
+            .update_one(
+                doc! { "_id": name },
+                doc! { "$max": { "last_used_ms": at_ms } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_key(&self, name: &str) -> Result<bool, StoreError> {
+        let result = self.keys.delete_one(doc! { "_id": name }).await?;
+        Ok(result.deleted_count > 0)
     }
 }
 

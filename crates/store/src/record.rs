@@ -156,3 +156,20 @@ mod tests {
         assert_eq!(normalised.text, "hi");
     }
 }
+
+/// An API key as stored: its name, what it may do and its limits, and only a hash of the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Unique; how logs, `keys list`, `keys revoke` and session ownership refer to the key.
+    pub name: String,
+    /// The lower-case hex SHA-256 of the key. Keys are long random strings, so a fast hash is enough.
+    pub key_hash: String,
+    /// Scope names (`stream`, `read`, `admin`), in the order given.
+    pub scopes: Vec<String>,
+    /// Concurrent sessions the key may hold; `None` for no limit of its own.
+    pub max_sessions: Option<u32>,
+    /// Unix epoch milliseconds.
+    pub created_at_ms: i64,
+    /// Unix epoch milliseconds of the latest use recorded; `None` if never used.
+    pub last_used_ms: Option<i64>,
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript, StoreError,
-    TranscriptStore, WordRecord,
+    ApiKeyRecord, SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript,
+    StoreError, TranscriptStore, WordRecord,
 };
 
 /// The schema version this build writes, kept in `PRAGMA user_version` so a later build can migrate.
@@ -37,7 +37,18 @@ CREATE TABLE IF NOT EXISTS segments (
     words_json    TEXT NOT NULL,
     PRIMARY KEY (session_id, segment_index)
 ) WITHOUT ROWID;
+-- API keys: never the key, only its SHA-256 (hex). Scopes are a JSON array of names.
+CREATE TABLE IF NOT EXISTS api_keys (
+    name          TEXT PRIMARY KEY NOT NULL,
+    key_hash      TEXT NOT NULL UNIQUE,
+    scopes_json   TEXT NOT NULL,
+    max_sessions  INTEGER,
+    created_at_ms INTEGER NOT NULL,
+    last_used_ms  INTEGER
+);
 ";
+
+const KEY_COLUMNS: &str = "name, key_hash, scopes_json, max_sessions, created_at_ms, last_used_ms";
 
 const SESSION_COLUMNS: &str =
     "id, started_at_ms, ended_at_ms, client_addr, audio_ms, close_reason, status";
@@ -213,6 +224,29 @@ pub(crate) fn read_session(
     Ok(Some(SessionWithTranscript { session, segments }))
 }
 
+/// A key row, with its scopes still as JSON (decoded by [`key_with_scopes`]).
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ApiKeyRecord, String)> {
+    let key = ApiKeyRecord {
+        name: row.get(0)?,
+        key_hash: row.get(1)?,
+        scopes: Vec::new(),
+        max_sessions: row.get(3)?,
+        created_at_ms: row.get(4)?,
+        last_used_ms: row.get(5)?,
+    };
+    Ok((key, row.get(2)?))
+}
+
+fn key_with_scopes(
+    (mut key, scopes_json): (ApiKeyRecord, String),
+) -> Result<ApiKeyRecord, StoreError> {
+    key.scopes = serde_json::from_str(&scopes_json).map_err(|error| StoreError::Corrupt {
+        what: "api key scopes",
+        detail: format!("key {:?}: {error}", key.name),
+    })?;
+    Ok(key)
+}
+
 #[async_trait::async_trait]
 impl TranscriptStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -331,6 +365,86 @@ impl TranscriptStore for SqliteStore {
         self.with_connection(|connection| {
             connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with_connection(move |connection| {
+            let scopes_json =
+                serde_json::to_string(&key.scopes).map_err(|error| StoreError::Corrupt {
+                    what: "api key scopes",
+                    detail: error.to_string(),
+                })?;
+            let inserted = connection
+                .prepare_cached(&format!(
+                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT DO NOTHING"
+                ))?
+                .execute(params![
+                    key.name,
+                    key.key_hash,
+                    scopes_json,
+                    key.max_sessions,
+                    key.created_at_ms,
+                    key.last_used_ms,
+                ])?;
+            if inserted == 0 {
+                return Err(StoreError::KeyExists { name: key.name });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.with_connection(|connection| {
+            let rows = connection
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY name"))?
+                .query_map([], key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(key_with_scopes).collect()
+        })
+        .await
+    }
+
+    async fn find_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let key_hash = key_hash.to_owned();
+        self.with_connection(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
+                ))?
+                .query_row(params![key_hash], key_from_row)
+                .optional()?
+                .map(key_with_scopes)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn touch_key(&self, name: &str, at_ms: i64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.with_connection(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE api_keys SET last_used_ms = ?2
+                     WHERE name = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2)",
+                )?
+                .execute(params![name, at_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.with_connection(move |connection| {
+            let deleted = connection
+                .prepare_cached("DELETE FROM api_keys WHERE name = ?1")?
+                .execute(params![name])?;
+            Ok(deleted > 0)
         })
         .await
     }

@@ -390,7 +390,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::{SessionStatus, SessionWithTranscript};
+    use crate::{ApiKeyRecord, SessionStatus, SessionWithTranscript};
 
     /// A store that records every write it accepts, failing on demand: `failures_left` attempts fail
     /// before the next succeeds, and while `down` is set every attempt fails.
@@ -483,6 +483,27 @@ mod tests {
 
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        // The writer never touches keys.
+        async fn create_key(&self, _key: &ApiKeyRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn find_key(&self, _key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+            Ok(None)
+        }
+
+        async fn touch_key(&self, _name: &str, _at_ms: i64) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn revoke_key(&self, _name: &str) -> Result<bool, StoreError> {
+            Ok(false)
         }
     }
 

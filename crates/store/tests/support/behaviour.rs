@@ -1,8 +1,8 @@
 //! The behaviour every [`TranscriptStore`] backend must show, written once and run against each.
 
 use earshot_store::{
-    SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript, StoreError,
-    WordRecord,
+    ApiKeyRecord, SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript,
+    StoreError, WordRecord,
 };
 
 use super::Fixture;
@@ -415,4 +415,101 @@ pub async fn data_survives_reopening_the_store(fixture: &Fixture) {
 pub async fn ping_succeeds(fixture: &Fixture) {
     let store = fixture.open().await;
     store.ping().await.unwrap();
+}
+
+fn api_key(name: &str, key_hash: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        name: name.to_owned(),
+        key_hash: key_hash.to_owned(),
+        scopes: vec!["stream".to_owned(), "read".to_owned()],
+        max_sessions: Some(3),
+        created_at_ms: T0_MS,
+        last_used_ms: None,
+    }
+}
+
+pub async fn stores_api_keys_by_name_and_finds_them_by_hash(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let mut admin = api_key("ops", &"b".repeat(64));
+    admin.scopes = vec!["admin".to_owned()];
+    admin.max_sessions = None;
+    store.create_key(&admin).await.unwrap();
+    let laptop = api_key("laptop", &"a".repeat(64));
+    store.create_key(&laptop).await.unwrap();
+
+    assert_eq!(
+        store.list_keys().await.unwrap(),
+        vec![laptop.clone(), admin.clone()]
+    );
+    assert_eq!(store.find_key(&"a".repeat(64)).await.unwrap(), Some(laptop));
+    assert_eq!(store.find_key(&"b".repeat(64)).await.unwrap(), Some(admin));
+    assert_eq!(store.find_key(&"c".repeat(64)).await.unwrap(), None);
+    // Keys survive reopening the store.
+    drop(store);
+    assert_eq!(fixture.open().await.list_keys().await.unwrap().len(), 2);
+}
+
+pub async fn a_key_name_is_taken_once(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let first = api_key("laptop", &"a".repeat(64));
+    store.create_key(&first).await.unwrap();
+    let error = store
+        .create_key(&api_key("laptop", &"d".repeat(64)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::KeyExists { name } if name == "laptop"),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(store.list_keys().await.unwrap(), vec![first]);
+    assert_eq!(store.find_key(&"d".repeat(64)).await.unwrap(), None);
+}
+
+pub async fn records_the_latest_use_of_a_key(fixture: &Fixture) {
+    let store = fixture.open().await;
+    store
+        .create_key(&api_key("laptop", &"a".repeat(64)))
+        .await
+        .unwrap();
+    store.touch_key("laptop", T0_MS + 5_000).await.unwrap();
+    // An older use, arriving late, does not move it back; an unknown name is no error.
+    store.touch_key("laptop", T0_MS + 1_000).await.unwrap();
+    store.touch_key("nobody", T0_MS + 9_000).await.unwrap();
+    let found = store.find_key(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(found.last_used_ms, Some(T0_MS + 5_000));
+    store.touch_key("laptop", T0_MS + 7_000).await.unwrap();
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_used_ms, Some(T0_MS + 7_000));
+}
+
+pub async fn a_revoked_key_is_gone(fixture: &Fixture) {
+    let store = fixture.open().await;
+    store
+        .create_key(&api_key("laptop", &"a".repeat(64)))
+        .await
+        .unwrap();
+    store
+        .create_key(&api_key("phone", &"b".repeat(64)))
+        .await
+        .unwrap();
+    assert!(store.revoke_key("laptop").await.unwrap());
+    assert!(!store.revoke_key("laptop").await.unwrap());
+    assert!(!store.revoke_key("nobody").await.unwrap());
+    assert_eq!(store.find_key(&"a".repeat(64)).await.unwrap(), None);
+    let names: Vec<String> = store
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| key.name)
+        .collect();
+    assert_eq!(names, ["phone"]);
+    // The name is free again, for a new key.
+    store
+        .create_key(&api_key("laptop", &"c".repeat(64)))
+        .await
+        .unwrap();
+    assert!(store.find_key(&"c".repeat(64)).await.unwrap().is_some());
 }

@@ -61,6 +61,10 @@ macro_rules! behaviour_suite {
             stores_non_finite_confidence_as_zero,
             data_survives_reopening_the_store,
             ping_succeeds,
+            stores_api_keys_by_name_and_finds_them_by_hash,
+            a_key_name_is_taken_once,
+            records_the_latest_use_of_a_key,
+            a_revoked_key_is_gone,
         );
     };
     (@cases $fixture:expr; $($case:ident,)+) => {
