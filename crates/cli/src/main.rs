@@ -1,6 +1,7 @@
 //! The `earshot` command: run the engine, transcribe a file, install the model.
 
 mod fetch;
+mod keys;
 mod loadgen;
 mod transcribe;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Manage the speech model.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Manage API keys (kept in the transcript store).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Subcommand)]
@@ -212,18 +216,7 @@ impl GatewayArgs {
     async fn open_store(
         &self,
     ) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
-        let url = match &self.store {
-            Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}",
-                default_data_dir().join("transcripts.sqlite3").display()
-            ),
-        };
-        let store = earshot_store::open_store(&url)
-            .await
-            .with_context(|| format!("cannot open the transcript store {url}"))?;
-        tracing::info!(backend = store.backend(), "transcript store open");
-        Ok(store)
+        open_store(self.store.as_deref()).await
     }
 
     fn config(&self, engines: Vec<String>) -> earshot_gateway::GatewayConfig {
@@ -315,6 +308,7 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => runtime()?.block_on(run_engine(args)),
         Command::Transcribe(args) => runtime()?.block_on(transcribe::run(args)),
         Command::Loadgen(args) => runtime()?.block_on(loadgen::run(args)),
+        Command::Keys(command) => runtime()?.block_on(keys::run(command)),
         Command::Model(ModelCommand::Fetch { model_dir, force }) => {
             let dir = model_dir.unwrap_or_else(earshot_model::default_model_dir);
             fetch::fetch_default_model(&dir, force)
@@ -456,6 +450,24 @@ async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
     );
     earshot_gateway::serve(state, listener, shutdown_signals()).await?;
     Ok(())
+}
+
+/// The store `url` names, or the embedded database in the data directory.
+async fn open_store(
+    url: Option<&str>,
+) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!(
+            "sqlite://{}",
+            default_data_dir().join("transcripts.sqlite3").display()
+        ),
+    };
+    let store = earshot_store::open_store(&url)
+        .await
+        .with_context(|| format!("cannot open the transcript store {url}"))?;
+    tracing::info!(backend = store.backend(), "transcript store open");
+    Ok(store)
 }
 
 /// `$XDG_DATA_HOME/earshot`, else `~/.local/share/earshot`.

@@ -2,6 +2,7 @@
 //! streams, with flow control, limits, timeouts and health endpoints.
 
 pub mod api;
+pub mod auth;
 pub mod engine_link;
 pub mod engines;
 pub mod flow;
