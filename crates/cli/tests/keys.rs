@@ -53,13 +53,18 @@ async fn keys_are_created_listed_and_revoked() {
     assert_eq!(record.name, "laptop");
     assert_eq!(record.scopes, ["stream", "read"]);
     assert_eq!(record.max_sessions, Some(2));
-    let raw = std::fs::read(&db).unwrap();
-    assert!(
-        !raw.windows(key.len())
-            .any(|window| window == key.as_bytes()),
-        "the key itself is in the database file"
-    );
     drop(opened);
+    // Nor the key in any file of the database (the main file, its write-ahead log).
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let raw = std::fs::read(&path).unwrap();
+        assert!(
+            !raw.windows(key.len())
+                .any(|window| window == key.as_bytes()),
+            "the key itself is in {}",
+            path.display()
+        );
+    }
 
     let listed = earshot(&["keys", "list"], &store);
     assert!(listed.status.success(), "{}", text(&listed.stderr));
