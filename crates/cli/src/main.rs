@@ -463,9 +463,12 @@ async fn open_store(
             default_data_dir().join("transcripts.sqlite3").display()
         ),
     };
-    let store = earshot_store::open_store(&url)
-        .await
-        .with_context(|| format!("cannot open the transcript store {url}"))?;
+    let store = earshot_store::open_store(&url).await.with_context(|| {
+        format!(
+            "cannot open the transcript store {}",
+            earshot_store::redact_url(&url)
+        )
+    })?;
     tracing::info!(backend = store.backend(), "transcript store open");
     Ok(store)
 }

@@ -125,3 +125,16 @@ fn bad_names_and_scopes_are_refused_with_a_reason() {
     );
     assert!(text(&name.stdout).is_empty());
 }
+
+#[test]
+fn a_store_password_never_reaches_the_error_message() {
+    let unreachable = "mongodb://earshot:hunter2@127.0.0.1:1/x?serverSelectionTimeoutMS=200";
+    let listed = earshot(&["keys", "list"], unreachable);
+    assert!(!listed.status.success());
+    let stderr = text(&listed.stderr);
+    assert!(
+        stderr.contains("cannot open the transcript store mongodb://earshot:***@127.0.0.1:1/x"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -148,6 +148,40 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn TranscriptStore>, StoreErro
     })
 }
 
+/// `url` fit for a log line or an error message: a password in it (`user:PASSWORD@host`, or a
+/// query option whose name contains `password`) is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{HIDDEN}@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let options: Vec<String> = query
+                .split('&')
+                .map(|option| match option.split_once('=') {
+                    Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                        format!("{name}={HIDDEN}")
+                    }
+                    _ => option.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", options.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// The decoding of stored rows and documents, without a running database, for the fuzz targets in `fuzz/`.
 #[doc(hidden)]
 pub mod fuzzing {
@@ -200,6 +234,30 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_passwords() {
+        let cases = [
+            (
+                "mongodb://earshot:s3cr%40t@db1:27017,db2/transcripts?replicaSet=rs",
+                "mongodb://earshot:***@db1:27017,db2/transcripts?replicaSet=rs",
+            ),
+            (
+                "mongodb://db/x?tls=true&tlsCertificateKeyFilePassword=pw&authSource=admin",
+                "mongodb://db/x?tls=true&tlsCertificateKeyFilePassword=***&authSource=admin",
+            ),
+            ("mongodb://user@db/x", "mongodb://user@db/x"),
+            ("mongodb://db:27017", "mongodb://db:27017"),
+            (
+                "sqlite:///var/lib/earshot/t.sqlite3",
+                "sqlite:///var/lib/earshot/t.sqlite3",
+            ),
+            ("sqlite::memory:", "sqlite::memory:"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
     }
 
     #[tokio::test]
