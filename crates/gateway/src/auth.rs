@@ -7,10 +7,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use earshot_store::ApiKeyRecord;
+use earshot_store::{ApiKeyRecord, StoreError, TranscriptStore};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// What every Earshot key starts with, so that a leaked one is recognisable (secret scanners,
 /// logs) and a token is told from a key at a glance.
@@ -133,9 +136,165 @@ pub fn check_key_name(name: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// The subprotocol a browser names beside its credential, and the one the server selects.
+pub const PROTOCOL_V1: &str = "earshot.v1";
+/// The prefix of the subprotocol that carries a credential: `bearer.<KEY_OR_TOKEN>`.
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "bearer.";
+/// The query parameter that carries a credential (the least safe way: URLs get logged).
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
+
+/// Where a request's credential came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `Authorization: Bearer …` or `Authorization: Token …`.
+    Header,
+    /// `Sec-WebSocket-Protocol: earshot.v1, bearer.…`.
+    Subprotocol,
+    /// `?access_token=…`.
+    Query,
+}
+
+/// The credential a request carries, looked for in the `Authorization` header, then the
+/// WebSocket subprotocols, then the query; `None` when it carries none. A header with another
+/// scheme, or an empty credential, counts as none.
+pub fn presented_credential(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<(String, CredentialSource)> {
+    let from_header = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| {
+            let (scheme, credential) = value.trim().split_once(' ')?;
+            let known =
+                scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+            known.then(|| credential.trim().to_owned())
+        })
+        .filter(|credential| !credential.is_empty());
+    if let Some(credential) = from_header {
+        return Some((credential, CredentialSource::Header));
+    }
+    let from_subprotocol = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|protocol| protocol.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+        .filter(|credential| !credential.is_empty());
+    if let Some(credential) = from_subprotocol {
+        return Some((credential.to_owned(), CredentialSource::Subprotocol));
+    }
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, value)| name == ACCESS_TOKEN_PARAM && !value.is_empty())
+        .map(|(_, value)| (value.into_owned(), CredentialSource::Query))
+}
+
+/// The stored key `presented` is, if any. The store is searched by the key's hash, and the hash
+/// found is compared again in constant time, so that no timing tells how much of a guess matched.
+pub async fn find_key(
+    store: &dyn TranscriptStore,
+    presented: &str,
+) -> Result<Option<ApiKeyRecord>, StoreError> {
+    if !presented.starts_with(KEY_PREFIX) {
+        return Ok(None);
+    }
+    let hash = hash_key(presented);
+    let found = store.find_key(&hash).await?;
+    Ok(found.filter(|key| bool::from(key.key_hash.as_bytes().ct_eq(hash.as_bytes()))))
+}
+
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
+
+    fn headers(pairs: &[(axum::http::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn credentials_come_from_the_header_the_subprotocols_or_the_query() {
+        let cases = [
+            (
+                headers(&[(AUTHORIZATION, "Bearer es_abc")]),
+                None,
+                Some(("es_abc", CredentialSource::Header)),
+            ),
+            (
+                headers(&[(AUTHORIZATION, "token es_abc")]),
+                None,
+                Some(("es_abc", CredentialSource::Header)),
+            ),
+            (
+                headers(&[(AUTHORIZATION, "Basic dXNlcjpwdw==")]),
+                None,
+                None,
+            ),
+            (headers(&[(AUTHORIZATION, "Bearer ")]), None, None),
+            (
+                headers(&[(SEC_WEBSOCKET_PROTOCOL, "earshot.v1, bearer.es_xyz")]),
+                None,
+                Some(("es_xyz", CredentialSource::Subprotocol)),
+            ),
+            (
+                headers(&[(SEC_WEBSOCKET_PROTOCOL, "earshot.v1")]),
+                None,
+                None,
+            ),
+            (
+                HeaderMap::new(),
+                Some("sample_rate=16000&access_token=es_q%2Bz"),
+                Some(("es_q+z", CredentialSource::Query)),
+            ),
+            (HeaderMap::new(), Some("access_token="), None),
+            (HeaderMap::new(), None, None),
+            // The header wins over the others.
+            (
+                headers(&[
+                    (AUTHORIZATION, "Bearer es_h"),
+                    (SEC_WEBSOCKET_PROTOCOL, "bearer.es_s"),
+                ]),
+                Some("access_token=es_q"),
+                Some(("es_h", CredentialSource::Header)),
+            ),
+        ];
+        for (headers, query, expected) in cases {
+            let found = presented_credential(&headers, query);
+            assert_eq!(
+                found
+                    .as_ref()
+                    .map(|(credential, source)| (credential.as_str(), *source)),
+                expected,
+                "{headers:?} {query:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_found_by_its_hash_and_nothing_else() {
+        let store = earshot_store::SqliteStore::open_in_memory().await.unwrap();
+        let made = new_key("laptop", &[], None, 1).unwrap();
+        store.create_key(&made.record).await.unwrap();
+        let found = find_key(&store, &made.key).await.unwrap().unwrap();
+        assert_eq!(found.name, "laptop");
+        let mut near = made.key.clone();
+        near.pop();
+        assert!(find_key(&store, &near).await.unwrap().is_none());
+        // The hash itself is no key.
+        assert!(
+            find_key(&store, &made.record.key_hash)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(find_key(&store, "").await.unwrap().is_none());
+    }
 
     #[test]
     fn a_key_is_prefixed_random_and_stored_only_as_its_hash() {
