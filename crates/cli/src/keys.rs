@@ -4,9 +4,11 @@
 //! it with `$(earshot keys create ...)`; every other message goes to stderr.
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use earshot_gateway::auth::{self, Scope};
-use earshot_store::{ApiKeyRecord, StoreError};
+use earshot_store::{ApiKeyRecord, StoreError, now_ms};
+
+use crate::StoreArgs;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -29,20 +31,12 @@ pub enum KeysCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Revoke a key by name; the tokens minted with it stop working too.
+    /// Revoke a key by name.
     Revoke {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
     },
-}
-
-#[derive(Args, Clone)]
-pub struct StoreArgs {
-    /// The transcript store the gateway uses: `sqlite://PATH` (default: the embedded database in
-    /// the data directory) or `mongodb://HOST:PORT/DB`.
-    #[arg(long, env = "EARSHOT_STORE")]
-    pub store: Option<String>,
 }
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
@@ -54,7 +48,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             store,
         } => {
             let new = auth::new_key(&name, &scopes, max_sessions, now_ms())?;
-            let store = crate::open_store(store.store.as_deref()).await?;
+            let store = store.open().await?;
             match store.create_key(&new.record).await {
                 Err(StoreError::KeyExists { name }) => anyhow::bail!(
                     "a key named {name:?} exists already (revoke it first, or choose another name)"
@@ -68,7 +62,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             println!("{}", new.key);
         }
         KeysCommand::List { store } => {
-            let store = crate::open_store(store.store.as_deref()).await?;
+            let store = store.open().await?;
             let keys = store.list_keys().await.context("cannot list the keys")?;
             if keys.is_empty() {
                 eprintln!("no keys");
@@ -77,7 +71,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { name, store } => {
-            let store = crate::open_store(store.store.as_deref()).await?;
+            let store = store.open().await?;
             if !store
                 .revoke_key(&name)
                 .await
@@ -89,13 +83,6 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// One line per key, columns separated by at least two spaces; times in UTC, RFC 3339.

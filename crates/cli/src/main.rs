@@ -186,10 +186,8 @@ pub struct GatewayArgs {
     /// Unsent audio (ms) below which the client is sent `resume`.
     #[arg(long, default_value_t = 500)]
     pub resume_ms: u64,
-    /// Where transcripts are kept: `sqlite://PATH` (default: an embedded database in the data
-    /// directory) or `mongodb://HOST:PORT/DB`.
-    #[arg(long, env = "EARSHOT_STORE")]
-    pub store: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Serve `/metrics` on this address instead of the main one (keeps it off a public port).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -212,13 +210,37 @@ pub struct GatewayArgs {
     pub lifecycle: LifecycleArgs,
 }
 
-impl GatewayArgs {
-    async fn open_store(
-        &self,
-    ) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
-        open_store(self.store.as_deref()).await
-    }
+/// The transcript store (which also keeps the API keys), for `serve`, `gateway` and `keys`.
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Where transcripts are kept: `sqlite://PATH` (default: an embedded database in the data
+    /// directory) or `mongodb://HOST:PORT/DB`.
+    #[arg(long, env = "EARSHOT_STORE")]
+    pub store: Option<String>,
+}
 
+impl StoreArgs {
+    /// The store `--store` names, or the embedded database in the data directory.
+    async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
+        let url = match &self.store {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                default_data_dir().join("transcripts.sqlite3").display()
+            ),
+        };
+        let store = earshot_store::open_store(&url).await.with_context(|| {
+            format!(
+                "cannot open the transcript store {}",
+                earshot_store::redact_url(&url)
+            )
+        })?;
+        tracing::info!(backend = store.backend(), "transcript store open");
+        Ok(store)
+    }
+}
+
+impl GatewayArgs {
     fn config(&self, engines: Vec<String>) -> earshot_gateway::GatewayConfig {
         let defaults = earshot_gateway::GatewayConfig::default();
         earshot_gateway::GatewayConfig {
@@ -411,7 +433,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine_metrics,
     )
     .await?;
-    let store = args.gateway.open_store().await?;
+    let store = args.gateway.store.open().await?;
     let state = earshot_gateway::GatewayState::new(
         args.gateway.config(vec![engine_url]),
         Some(store),
@@ -435,7 +457,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
-    let store = args.gateway.open_store().await?;
+    let store = args.gateway.store.open().await?;
     let state = earshot_gateway::GatewayState::new(
         args.gateway.config(args.engines),
         Some(store),
@@ -450,27 +472,6 @@ async fn run_gateway(args: GatewayCommandArgs) -> anyhow::Result<()> {
     );
     earshot_gateway::serve(state, listener, shutdown_signals()).await?;
     Ok(())
-}
-
-/// The store `url` names, or the embedded database in the data directory.
-async fn open_store(
-    url: Option<&str>,
-) -> anyhow::Result<std::sync::Arc<dyn earshot_store::TranscriptStore>> {
-    let url = match url {
-        Some(url) => url.to_owned(),
-        None => format!(
-            "sqlite://{}",
-            default_data_dir().join("transcripts.sqlite3").display()
-        ),
-    };
-    let store = earshot_store::open_store(&url).await.with_context(|| {
-        format!(
-            "cannot open the transcript store {}",
-            earshot_store::redact_url(&url)
-        )
-    })?;
-    tracing::info!(backend = store.backend(), "transcript store open");
-    Ok(store)
 }
 
 /// `$XDG_DATA_HOME/earshot`, else `~/.local/share/earshot`.

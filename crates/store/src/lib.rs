@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use mongo::MongoStore;
 pub use record::{
     ApiKeyRecord, SegmentRecord, SessionEnd, SessionRecord, SessionStatus, SessionWithTranscript,
-    WordRecord,
+    WordRecord, now_ms,
 };
 pub use sqlite::SqliteStore;
 pub use writer::{StoreOp, StoreWriteError, StoreWriter, StoreWriterStats};

@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The current time in Unix epoch milliseconds, as every record keeps its times.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// One client session as the gateway saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use earshot_proto::StreamingRecognizeResponse;
 use earshot_store::{
     SegmentRecord, SessionEnd, SessionRecord, SessionStatus, StoreOp, StoreWriter, WordRecord,
+    now_ms,
 };
 
 use crate::metrics::GatewayMetrics;
@@ -208,10 +209,4 @@ impl Transcript {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
